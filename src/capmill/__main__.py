@@ -1,0 +1,5 @@
+import sys
+
+from capmill.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sources -> items -> decoded images ... records -> sinks; and the resume ledger."""

@@ -1,0 +1,60 @@
+"""The one contract every engine keeps."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from capmill.records import Generation, Request
+
+if TYPE_CHECKING:
+    from capmill.models.profile import Profile
+
+
+class EngineOptions(BaseModel):
+    """Knobs common to engines; each engine subclasses this as its nested `Options`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Engine(ABC):
+    """Generates text for batches of Requests.
+
+    Capabilities are class flags; knobs are the nested pydantic `Options`. `generate` returns one
+    Generation per Request, in order; a failure of one item is a Generation with `error` set, while a
+    failure of the whole engine raises EngineError.
+    """
+
+    name: ClassVar[str] = "engine"
+    supports_video: ClassVar[bool] = False
+    supports_constrained: ClassVar[bool] = False
+    families: ClassVar[frozenset[str] | None] = None  # None: every family
+
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
+
+    def __init__(self, model: str, profile: Profile, options: EngineOptions | dict[str, Any] | None = None):
+        self.model = model
+        self.profile = profile
+        if options is None:
+            options = {}
+        self.options = options if isinstance(options, self.Options) else self.Options.model_validate(options)
+
+    @abstractmethod
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """One Generation per Request, same order."""
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into a run manifest: engine name, model, revision if known, options."""
+        return {"engine": self.name, "model": self.model, "options": self.options.model_dump(mode="json")}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model and any worker; safe to call twice."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

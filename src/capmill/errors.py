@@ -1,0 +1,81 @@
+"""One small hierarchy of typed errors: the library raises these, the CLI and the server translate them."""
+
+from __future__ import annotations
+
+
+class CapmillError(Exception):
+    """Base of every error capmill raises on purpose."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class ConfigError(CapmillError):
+    """The configuration is wrong; raised before any work starts."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class UnknownNameError(ConfigError):
+    """A registry was asked for a name it does not have."""
+
+    http_status = 404
+
+    def __init__(self, kind: str, name: str, choices: list[str]):
+        self.kind, self.name, self.choices = kind, name, choices
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(choices))}")
+
+
+class MissingDependencyError(ConfigError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, package: str, extra: str, what: str = ""):
+        self.package, self.extra = package, extra
+        purpose = f" for {what}" if what else ""
+        super().__init__(f"{package} is needed{purpose}: pip install 'capmill[{extra}]'")
+
+
+class UnsupportedError(ConfigError):
+    """The combination asked for cannot work (for example BLIP-2 on vLLM)."""
+
+
+class ScaffoldError(ConfigError):
+    """The JSON captioner's system prompt and tools could not be found."""
+
+
+class RunConflictError(ConfigError):
+    """A run folder holds a run with a different configuration."""
+
+    http_status = 409
+
+
+class ModelLoadError(CapmillError):
+    """A checkpoint could not be loaded from the hub id or local path given."""
+
+
+class EngineError(CapmillError):
+    """An engine failed as a whole (not one item)."""
+
+    http_status = 502
+
+
+class InputError(CapmillError):
+    """One input could not be read or decoded; becomes a record with status "error", the run goes on."""
+
+    http_status = 400
+
+    def __init__(self, source: str, reason: str, detail: str = ""):
+        self.source, self.reason, self.detail = source, reason, detail
+        text = f"{source}: {reason}"
+        super().__init__(f"{text} ({detail})" if detail else text)
+
+
+class OverloadedError(CapmillError):
+    """A queue is full; the caller should retry later."""
+
+    http_status = 503
+
+    def __init__(self, message: str = "server is busy", retry_after: float = 1.0):
+        self.retry_after = retry_after
+        super().__init__(message)

@@ -1,0 +1,1 @@
+"""capmill.train"""
