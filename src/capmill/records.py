@@ -56,6 +56,7 @@ class Item:
     text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # reading failed: "reason: detail"; the item still becomes a record
+    image: Any = field(default=None, repr=False)  # upright RGB PIL image decoded by the pipeline's workers, if any
     _hash: str | None = field(default=None, repr=False)
 
     @property

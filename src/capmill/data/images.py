@@ -1,37 +1,115 @@
-"""Decode image bytes into an upright RGB PIL image, or raise InputError naming the input and the problem."""
+"""Decode image bytes into an upright RGB PIL image, or raise InputError naming the input and the problem.
+
+Runs in the pipeline's decode worker processes; everything here is plain PIL and numpy, no torch.
+"""
 
 from __future__ import annotations
 
 import io
+import struct
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from capmill.errors import InputError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
+DEFAULT_MAX_SIDE = 32_768  # no captioner resizes sensibly from a side longer than this
+DEFAULT_MAX_ASPECT = 200.0  # Qwen-VL processors refuse more than 200:1
+
+# Format names PIL reports -> the file extension trainers expect.
+FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpg"}
 
 
-def decode_image(data: bytes | None, source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Limits and optional downscaling; `max_side`/`draft` change pixels, so only where a profile allows them."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_dimension: int = DEFAULT_MAX_SIDE
+    max_aspect: float = DEFAULT_MAX_ASPECT
+    resize_max_side: int | None = None  # downscale so the longer side is at most this (None: never)
+    draft: bool = False  # JPEG draft mode (decode at 1/2, 1/4, 1/8 scale) before resizing
+
+
+def decode_image(
+    data: bytes | None,
+    source: str,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    options: DecodeOptions | None = None,
+) -> Any:
     """Bytes -> RGB PIL.Image (EXIF orientation applied, first frame of animations)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    if options is None:
+        options = DecodeOptions(max_pixels=max_pixels)
+    return decode_with_format(data, source, options)[0]
+
+
+def decode_with_format(data: bytes | None, source: str, options: DecodeOptions) -> tuple[Any, str | None]:
+    """Like decode_image, also returning the file extension of the encoded format ("jpg", "png", ...)."""
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise InputError(source, "empty file")
+        raise InputError(source, "empty file", "0 bytes")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > max_pixels:
-                raise InputError(source, "too many pixels", f"{img.width}x{img.height} > {max_pixels}")
-            img.seek(0)
+        with warnings.catch_warnings():
+            # our own pixel limit below replaces PIL's global one, which cannot be set per call
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                img = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with img:
+            fmt = FORMAT_EXT.get(img.format or "", (img.format or "").lower() or None)
+            _check_size(img.width, img.height, source, options)
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            if options.draft and options.resize_max_side and img.format == "JPEG":
+                img.draft("RGB", _target_size(img.width, img.height, options.resize_max_side))
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            out = _upright(img)
+            out = _to_rgb(out)
     except InputError:
         raise
     except UnidentifiedImageError as exc:
-        raise InputError(source, "not an image", str(exc)) from exc
+        raise InputError(source, "not an image", _short(exc)) from exc
     except Image.DecompressionBombError as exc:
-        raise InputError(source, "decompression bomb", str(exc)) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(source, "corrupt image", str(exc)) from exc
+        raise InputError(source, "decompression bomb", _short(exc)) from exc
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
+        text = _short(exc)
+        reason = "truncated image" if "truncated" in text or "broken data stream" in text else "corrupt image"
+        raise InputError(source, reason, text) from exc
+    if options.resize_max_side and max(out.size) > options.resize_max_side:
+        out = out.resize(_target_size(out.width, out.height, options.resize_max_side), Image.Resampling.BICUBIC)
+    return out, fmt
+
+
+def _check_size(width: int, height: int, source: str, options: DecodeOptions) -> None:
+    if width <= 0 or height <= 0:
+        raise InputError(source, "corrupt image", f"size {width}x{height}")
+    if width * height > options.max_pixels:
+        raise InputError(source, "decompression bomb", f"{width}x{height} pixels > limit {options.max_pixels}")
+    if max(width, height) > options.max_dimension:
+        raise InputError(source, "image too large", f"{width}x{height}: a side exceeds {options.max_dimension}")
+    if max(width, height) / min(width, height) > options.max_aspect:
+        raise InputError(source, "extreme aspect ratio", f"{width}x{height} exceeds {options.max_aspect:g}:1")
+
+
+def _target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _upright(img: Any) -> Any:
+    """Apply the EXIF orientation; a broken EXIF block is ignored rather than failing the image."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not lose an otherwise good image
+        return img.copy()
 
 
 def _to_rgb(img: Any) -> Any:
@@ -39,15 +117,23 @@ def _to_rgb(img: Any) -> Any:
 
     if img.mode == "RGB":
         return img.copy()
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
-        hi = float(arr.max()) or 1.0
-        return Image.fromarray((arr / hi * 255.0).clip(0, 255).astype("uint8")).convert("RGB")
-    return img.convert("RGB")
+        lo, hi = float(arr.min()), float(arr.max())
+        if img.mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0 if hi > 255 else 255.0  # keep the full 16-bit range: brightness is meaningful
+        span = (hi - lo) or 1.0
+        return Image.fromarray(((arr - lo) / span * 255.0).clip(0, 255).astype("uint8")).convert("RGB")
+    return img.convert("RGB")  # CMYK, YCbCr, L, 1, P without transparency
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,52 @@
+"""A Hugging Face dataset saved to disk (`datasets.load_from_disk` opens it), with the record columns."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+from capmill.data.sinks.parquet import ParquetSink
+from capmill.errors import MissingDependencyError
+from capmill.records import Record
+
+
+def save_parquet_as_hf(parquet_files: Sequence[str], path: str) -> None:
+    """Parquet shards -> `save_to_disk` folder, built under a temporary name and renamed into place."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise MissingDependencyError("datasets", "datasets", "the Hugging Face dataset output") from exc
+    tmp = f"{path}.capmill-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if parquet_files:
+        ds = datasets.Dataset.from_parquet(list(parquet_files), keep_in_memory=True)
+    else:
+        from capmill.data.sinks.parquet import record_schema
+
+        ds = datasets.Dataset(record_schema().empty_table())
+    ds.save_to_disk(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+class HFDatasetSink(ParquetSink):
+    """Buffers rows in a Parquet file beside `path`, then saves them as a dataset folder at close."""
+
+    name = "hf"
+    extension = ""
+
+    def __init__(self, path: str, **options: Any):
+        self.target = path
+        super().__init__(f"{path}.rows.parquet", **options)
+
+    def write(self, record: Record, media: bytes | None = None) -> None:
+        super().write(record, media)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        super().close()
+        save_parquet_as_hf([self.path], self.target)
+        os.remove(self.path)

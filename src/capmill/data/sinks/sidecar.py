@@ -1,0 +1,61 @@
+"""Sidecar files next to each image, as trainers expect: `photo.txt` (caption) and/or `photo.json` (structured)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from capmill.data.sinks.base import Sink
+from capmill.records import Record
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write through a temporary name and rename, so a crash never leaves half a sidecar."""
+    tmp = f"{path}.capmill-tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+class SidecarSink(Sink):
+    """`path` is unused (sidecars sit beside the images); records of non-file inputs or errors get no sidecar.
+
+    An existing sidecar with other content is kept unless `overwrite=True`: it may be a human's caption.
+    """
+
+    name = "sidecar"
+    extension = ""
+
+    def __init__(
+        self, path: str = "", kinds: tuple[str, ...] = ("txt", "json"), overwrite: bool = False, **options: Any
+    ):
+        super().__init__(path, **options)
+        self.kinds, self.overwrite = kinds, overwrite
+        self.written = 0
+        self.skipped: list[str] = []
+
+    def targets(self, record: Record) -> dict[str, str]:
+        """Sidecar path -> content for one record (empty when it gets none)."""
+        if not record.ok or not os.path.isfile(record.source):
+            return {}
+        stem = os.path.splitext(record.source)[0]
+        out = {}
+        if "txt" in self.kinds and record.caption is not None:
+            out[f"{stem}.txt"] = record.caption.rstrip("\n") + "\n"
+        if "json" in self.kinds and record.structured is not None:
+            out[f"{stem}.json"] = json.dumps(record.structured, ensure_ascii=False, indent=2) + "\n"
+        return out
+
+    def write(self, record: Record, media: bytes | None = None) -> None:
+        for path, text in self.targets(record).items():
+            if os.path.exists(path) and not self.overwrite:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    if handle.read() != text:
+                        self.skipped.append(path)
+                        continue
+            write_atomic(path, text)
+            self.written += 1
+
+    def close(self) -> None:
+        pass

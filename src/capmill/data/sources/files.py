@@ -1,0 +1,85 @@
+"""Local files: a folder (recursive), a glob pattern, a single file, or a list of paths in a text file."""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from collections.abc import Iterator
+
+from capmill.data.sources.base import Source, error_item, file_item, kind_of
+from capmill.records import Item
+
+
+def _wanted(path: str, text_mode: bool, include_video: bool) -> bool:
+    kind = kind_of(path)
+    if text_mode:
+        return kind == "text"
+    return kind == "image" or (include_video and kind == "video")
+
+
+def _item_for(item_id: str, path: str, text_mode: bool) -> Item:
+    kind = "text" if text_mode else (kind_of(path) or "image")
+    return file_item(item_id, path, kind)
+
+
+class FolderSource(Source):
+    """Every image (or, in text mode, every .txt caption) under a folder, sorted, recursively by default."""
+
+    name = "folder"
+
+    def __iter__(self) -> Iterator[Item]:
+        root = self.spec
+        text_mode, video = self.options.text_mode, self.options.include_video
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            if not self.options.recursive:
+                dirnames.clear()
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = os.path.join(dirpath, name)
+                if _wanted(path, text_mode, video):
+                    yield _item_for(os.path.normpath(path), path, text_mode)
+
+
+class GlobSource(Source):
+    """Files matching a glob pattern (`**` matches folders recursively)."""
+
+    name = "glob"
+
+    def __iter__(self) -> Iterator[Item]:
+        text_mode, video = self.options.text_mode, self.options.include_video
+        for path in sorted(globlib.iglob(self.spec, recursive=True)):
+            if (os.path.isfile(path) or os.path.islink(path)) and _wanted(path, text_mode, video):
+                yield _item_for(os.path.normpath(path), path, text_mode)
+
+
+class FileSource(Source):
+    """One file named on the command line (it may be missing or a broken link: that is a record, not a crash)."""
+
+    name = "file"
+
+    def __iter__(self) -> Iterator[Item]:
+        yield _item_for(os.path.normpath(self.spec), self.spec, self.options.text_mode)
+
+
+class FileListSource(Source):
+    """A text file with one path per line (relative paths are relative to the list); `#` starts a comment."""
+
+    name = "files"
+
+    def __iter__(self) -> Iterator[Item]:
+        base = os.path.dirname(os.path.abspath(self.spec))
+        try:
+            handle = open(self.spec, encoding="utf-8")
+        except OSError as exc:
+            yield error_item(self.spec, self.spec, "unreadable file", str(exc))
+            return
+        with handle:
+            for line in handle:
+                entry = line.strip()
+                if not entry or entry.startswith("#"):
+                    continue
+                path = entry if os.path.isabs(entry) else os.path.join(base, entry)
+                yield _item_for(entry, path, self.options.text_mode)
