@@ -1,1 +1,8 @@
-"""capmill.models"""
+"""Model profiles (what each captioner is) and families (how each architecture is driven)."""
+
+from __future__ import annotations
+
+from capmill.models.profile import MODES, Profile
+from capmill.models.profiles import PROFILES, all_profiles, get_profile
+
+__all__ = ["MODES", "PROFILES", "Profile", "all_profiles", "get_profile"]

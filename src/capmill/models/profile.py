@@ -1,6 +1,7 @@
 """What a model profile is: how a family loads, how the prompt is built, decoding defaults, how output is parsed.
 
-Interface sketch laid down with the foundation; the models work fills it in (see capmill/models/).
+Profiles are data (this module); behaviour per architecture lives in `capmill.models.families`; the named
+profiles of the seed cards live in `capmill.models.profiles`.
 """
 
 from __future__ import annotations
@@ -31,3 +32,15 @@ class Profile(BaseModel):
     default_mode: str = "caption"
     output: Literal["text", "tool_call"] = "text"
     extra: dict[str, Any] = {}
+    # Added by the models work:
+    needs_scaffold: bool = False  # system prompt + tools come from the json-coco-format scaffold
+    chat_kwargs: dict[str, Any] = {}  # extra chat-template variables, e.g. enable_thinking=False
+    aliases: tuple[str, ...] = ()  # other checkpoint names (last path part, case-insensitive) that mean this profile
+    video: bool = False  # the card shows video input
+    source: str = ""  # where each choice comes from (card, repo, our decision): shown by `capmill models`
+
+    def prompt_for(self, mode: str) -> str | None:
+        """The user text for a mode; None in text mode, where the caption text itself is the user turn."""
+        if mode == "text":
+            return None
+        return self.extra.get(f"prompt_{mode}", self.prompt)

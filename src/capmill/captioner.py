@@ -1,0 +1,344 @@
+"""`Captioner`: the Python API. Inputs -> Requests (profile + family) -> engine batches -> Records.
+
+The pipeline, server and CLI are built on these methods: `prepare` (one input -> one Request, or InputError),
+`generate` (one engine batch), `finish` (parse into a Record); `caption` chains them for a list of inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from capmill.errors import ConfigError, InputError, ModelLoadError
+from capmill.models.families import get_family
+from capmill.models.profile import Profile
+from capmill.models.resolve import read_model_config, resolve_family, resolve_profile
+from capmill.records import Decoding, Generation, Item, Record, Request, sha256_hex, stable_hash
+
+TEXT_SUFFIXES = frozenset({".txt", ".caption", ".md"})
+
+
+class Captioner:
+    """One model under one profile, mode, prompt and decoding; the engine loads on the first `generate`."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        profile: str | Profile | None = None,
+        engine: str = "transformers",
+        mode: str | None = None,
+        prompt: str | None = None,
+        scaffold: str | Path | None = None,
+        decoding: dict[str, Any] | Decoding | None = None,
+        engine_options: dict[str, Any] | None = None,
+        batch_size: int = 8,
+        *,
+        video_fps: float | None = None,
+        video_frames: int | None = None,
+        max_video_frames: int = 64,
+    ):
+        self.profile = resolve_profile(model or "", profile)
+        model = model or self.profile.default_model
+        if not model:
+            raise ConfigError(f"profile {self.profile.name!r} has no default model: pass model=...")
+        self.model = str(model)
+        self.engine_name = engine
+        self.engine_options = dict(engine_options or {})
+        self.batch_size = max(1, int(batch_size))
+        self.mode = mode or self.profile.default_mode
+        if self.mode not in self.profile.modes:
+            raise ConfigError(
+                f"profile {self.profile.name!r} has no mode {self.mode!r}; its modes: {', '.join(self.profile.modes)}"
+            )
+        self.decoding = _decoding(self.profile.decoding, decoding)
+        self.video_fps, self.video_frames, self.max_video_frames = video_fps, video_frames, max_video_frames
+        self._prompt_override = prompt
+        self.scaffold = None
+        if self.profile.needs_scaffold:
+            from capmill.models.scaffold import load_scaffold
+
+            self.scaffold = load_scaffold(scaffold)
+        self.family_name = self._family_name()
+        self.family = get_family(self.family_name)
+        self._engine: Any = None
+        self._processor: Any = None
+
+    # ---- configuration ----
+    def _family_name(self) -> str:
+        try:
+            config = read_model_config(self.model)
+        except ModelLoadError:
+            if self.profile.family:
+                return self.profile.family  # hub unreachable: the profile says; loading checks again
+            raise
+        return resolve_family(self.model, self.profile, config)
+
+    def prompt(self, mode: str | None = None) -> str | None:
+        """The user text sent with each image (None in text mode: the caption text is the user turn)."""
+        mode = mode or self.mode
+        if mode == "text":
+            return None
+        return self._prompt_override if self._prompt_override is not None else self.profile.prompt_for(mode)
+
+    def system_prompt(self) -> str | None:
+        return self.scaffold.system_prompt if self.scaffold else self.profile.system_prompt
+
+    def tools(self) -> list[dict[str, Any]] | None:
+        return self.scaffold.tools if self.scaffold else None
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this captioner's output: the run manifest and the resume key."""
+        return {
+            "profile": self.profile.name,
+            "model": self.model,
+            "engine": self.engine_name,
+            "mode": self.mode,
+            "prompt_hash": self.prompt_hash(),
+            "decoding": self.decoding.model_dump(mode="json"),
+        }
+
+    def prompt_hash(self, mode: str | None = None) -> str:
+        mode = mode or self.mode
+        return stable_hash(
+            {
+                "family": self.family_name,
+                "mode": mode,
+                "system": self.system_prompt(),
+                "tools": self.tools(),
+                "prompt": self.prompt(mode),
+                "chat_kwargs": self.profile.chat_kwargs,
+            }
+        )
+
+    # ---- inputs ----
+    def to_item(self, value: Any, index: int = 0) -> Item:
+        """A path, PIL image, caption text (text mode) or Item -> Item; never raises (errors ride on the Item)."""
+        if isinstance(value, Item):
+            return value
+        if hasattr(value, "size") and hasattr(value, "mode") and hasattr(value, "tobytes"):  # PIL image
+            digest = sha256_hex(f"{value.mode}:{value.size}".encode() + value.tobytes())
+            return Item(
+                id=f"image-{index}", source=f"<image {index}>", kind="image", meta={"image": value}, _hash=digest
+            )
+        text = str(value)
+        path = Path(text)
+        is_file = len(text) < 4096 and "\n" not in text and path.is_file()
+        if self.mode == "text":
+            if is_file and path.suffix.lower() in TEXT_SUFFIXES:
+                return Item(id=path.stem, source=text, kind="text", text=path.read_text(encoding="utf-8").strip())
+            return Item(id=f"text-{index}", source=f"<text {index}>", kind="text", text=text)
+        if not is_file:
+            return Item(id=path.stem or f"input-{index}", source=text, error="file not found")
+        from capmill.data.video import is_video_path
+
+        kind = "video" if is_video_path(path) else "image"
+        return Item(id=path.stem, source=text, kind=kind, data=path.read_bytes())
+
+    def prepare(self, item: Item, mode: str | None = None) -> Request:
+        """Decode the image / video or take the text, and build the card's prompt; InputError when unusable."""
+        mode = mode or self.mode
+        if item.error:
+            reason, _, detail = item.error.partition(": ")
+            raise InputError(item.source, reason, detail)
+        common = {
+            "system": self.system_prompt(),
+            "decoding": self.decoding,
+            "tools": self.tools(),
+            "chat_kwargs": self.profile.chat_kwargs,
+        }
+        if mode == "text":
+            text = item.text if item.text is not None else (item.data or b"").decode("utf-8", "replace")
+            if not text.strip():
+                raise InputError(item.source, "empty text")
+            if not self.family.supports_text_only:
+                raise InputError(item.source, f"the {self.family_name} family cannot caption text")
+            return self.family.build_request(item.id, prompt=text.strip(), **common)
+        if item.kind == "text":
+            raise InputError(item.source, f"text input needs mode 'text' (this captioner's mode is {mode!r})")
+        if item.kind == "video":
+            if not self.family.supports_video:
+                raise InputError(item.source, f"video is not supported by the {self.family_name} family")
+            from capmill.data.video import sample_frames
+
+            frames = sample_frames(
+                item.data if item.data is not None else item.source,
+                item.source,
+                fps=self.video_fps if self.video_frames is None else None,
+                count=self.video_frames,
+                max_frames=self.max_video_frames,
+            )
+            return self.family.build_request(item.id, prompt=self.prompt(mode), videos=[frames], **common)
+        image = item.meta.get("image")
+        if image is None:
+            from capmill.data.images import decode_image
+
+            image = decode_image(item.data, item.source)
+        try:
+            return self.family.build_request(item.id, prompt=self.prompt(mode), images=[image], **common)
+        except ValueError as exc:  # e.g. an aspect ratio the family's resizing refuses
+            raise InputError(item.source, "unusable image", str(exc)) from exc
+
+    # ---- model ----
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from capmill.engines import ENGINES
+
+            self._engine = ENGINES.get(self.engine_name)(self.model, self.profile, self.engine_options)
+        return self._engine
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """One engine batch: one Generation per Request, in order."""
+        if not requests:
+            return []
+        return self.engine.generate(list(requests))
+
+    def processor(self) -> Any:
+        """The processor / tokenizer only (no weights): enough to render prompts."""
+        if self._engine is not None and getattr(self._engine, "processor", None) is not None:
+            return self._engine.processor
+        if self._processor is None:
+            self._processor = self.family.load_processor(self.model)
+        return self._processor
+
+    def render_prompt(self, item: Item | Any, mode: str | None = None) -> str:
+        """The exact prompt text the model sees for this input (for `capmill caption --show-prompt`)."""
+        item = item if isinstance(item, Item) else self.to_item(item)
+        return self.family.render(self.processor(), self.prepare(item, mode))
+
+    # ---- outputs ----
+    def _record(self, item: Item, status: str, **fields: Any) -> Record:
+        return Record(
+            id=item.id,
+            source=item.source,
+            content_hash=item.content_hash,
+            profile=self.profile.name,
+            engine=self.engine_name,
+            model=self.model,
+            prompt_hash=self.prompt_hash(),
+            decoding=self.decoding.model_dump(mode="json"),
+            status=status,  # type: ignore[arg-type]
+            mode=self.mode,
+            **fields,
+        )
+
+    def error_record(self, item: Item, error: str) -> Record:
+        return self._record(item, "error", error=error)
+
+    def finish(self, item: Item, request: Request | None, generation: Generation) -> Record:
+        """Parse one Generation into a Record: the schema parser for tool calls, grounding in text mode."""
+        tokens = {"prompt": generation.prompt_tokens, "completion": generation.completion_tokens}
+        common = {"raw": generation.text, "timings": dict(generation.timings), "tokens": tokens}
+        if generation.error:
+            return self._record(item, "error", error=generation.error, **common)
+        notes = [] if generation.finish_reason != "length" else ["stopped at max_new_tokens"]
+        if self.profile.output == "tool_call":
+            from capmill.schema import parse_tool_call
+
+            source_text = item.text if self.mode == "text" else None
+            result = parse_tool_call(generation.text, source_text=source_text, repair=True)
+            structured = _as_dict(result.caption)
+            grounding = _as_dict(getattr(result, "grounding", None))
+            errors = [str(e) for e in (result.errors or [])]
+            return self._record(
+                item,
+                result.status,
+                caption=caption_text(structured) if structured else None,
+                structured=structured,
+                error="; ".join(errors) if result.status == "invalid" else None,
+                notes=notes + errors,
+                grounding=grounding,
+                **common,
+            )
+        text = generation.text.strip()
+        if not text:
+            return self._record(item, "invalid", error="empty output", notes=notes, **common)
+        return self._record(item, "ok", caption=text, notes=notes, **common)
+
+    def caption(self, inputs: Iterable[Any]) -> list[Record]:
+        """Caption everything, batched and grouped by size; bad inputs become error records, order is kept."""
+        items = [self.to_item(value, i) for i, value in enumerate(inputs)]
+        records: list[Record | None] = [None] * len(items)
+        window = self.batch_size * 8
+        for start in range(0, len(items), window):
+            prepared: list[tuple[int, Request, float]] = []
+            for i in range(start, min(start + window, len(items))):
+                t0 = time.perf_counter()
+                try:
+                    request = self.prepare(items[i])
+                except InputError as exc:
+                    records[i] = self.error_record(items[i], str(exc))
+                    continue
+                prepared.append((i, request, time.perf_counter() - t0))
+            prepared.sort(key=lambda p: _size(p[1]))  # similar sizes share a batch: less padding
+            for k in range(0, len(prepared), self.batch_size):
+                chunk = prepared[k : k + self.batch_size]
+                generations = self.generate([r for _, r, _ in chunk])
+                for (i, request, prep_time), generation in zip(chunk, generations, strict=True):
+                    record = self.finish(items[i], request, generation)
+                    record.timings["prepare"] = prep_time
+                    records[i] = record
+        return [r for r in records if r is not None]
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> Captioner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decoding(base: Decoding, override: dict[str, Any] | Decoding | None) -> Decoding:
+    if override is None:
+        return base
+    if isinstance(override, Decoding):
+        return override
+    changes = {k: v for k, v in override.items() if v is not None}
+    if changes.get("do_sample") is False:  # greedy: the sampling knobs no longer apply
+        changes.update({k: None for k in ("temperature", "top_p", "top_k") if k not in changes})
+    try:
+        return Decoding.model_validate({**base.model_dump(), **changes})
+    except Exception as exc:
+        raise ConfigError(f"bad decoding settings {override!r}: {exc}") from exc
+
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return value
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(value) if is_dataclass(value) else {"value": value}
+
+
+def caption_text(structured: dict[str, Any]) -> str:
+    """A one-line rendering of a structured caption: subjects with attributes; actions; setting."""
+    subjects = []
+    for subject in structured.get("subjects") or []:
+        attributes = " ".join(a for a in subject.get("attributes") or [] if a)
+        subjects.append(f"{attributes} {subject.get('name', '')}".strip())
+    parts = [", ".join(s for s in subjects if s)]
+    actions = [a for a in structured.get("actions") or [] if a]
+    if actions:
+        parts.append("; ".join(actions))
+    setting = structured.get("setting")
+    if setting and setting != "unknown":
+        parts.append(setting)
+    return " | ".join(p for p in parts if p)
+
+
+def _size(request: Request) -> int:
+    pixels = sum(im.size[0] * im.size[1] for im in request.images)
+    pixels += sum(f.size[0] * f.size[1] for v in request.videos for f in v)
+    return pixels // 256 + sum(len(str(m.get("content"))) for m in request.messages) // 4

@@ -1,0 +1,279 @@
+"""The transformers engine: a hub id or local folder, batched with left padding, decoding as the profile says.
+
+Each family encodes a batch exactly as its card's code encodes one input; this engine adds what the card's
+loop lacks: many inputs per `generate`, sorted by length so padding stays small, stop strings handled by
+transformers' vectorised StopStringCriteria (no per-token Python), and timings and token counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from capmill.engines.base import Engine, EngineOptions
+from capmill.errors import ConfigError, ModelLoadError
+from capmill.models.families import get_family
+from capmill.models.resolve import read_model_config, resolve_family
+from capmill.records import Decoding, Generation, Request
+
+
+class TransformersOptions(EngineOptions):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    attn_implementation: str | None = None  # None: flash_attention_2 where installed and usable, else sdpa
+    max_batch_size: int = 8  # a larger batch from the caller is split into sub-batches of this size
+    sort_by_length: bool = True  # group similar lengths in one generate call: less padding
+    trust_remote_code: bool = False
+    threads: int | None = None  # torch.set_num_threads, for shared CPUs
+
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16"}
+DTYPES["fp16"] = "float16"
+
+
+class TransformersEngine(Engine):
+    """Runs any capmill family on transformers; see TransformersOptions for the knobs."""
+
+    name: ClassVar[str] = "transformers"
+    supports_video: ClassVar[bool] = True
+    supports_constrained: ClassVar[bool] = True
+    Options: ClassVar[type[EngineOptions]] = TransformersOptions
+
+    def __init__(self, model: str, profile: Any, options: Any = None):
+        super().__init__(model, profile, options)
+        import torch
+
+        opts: TransformersOptions = self.options  # type: ignore[assignment]
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        config = read_model_config(model)
+        self.family_name = resolve_family(model, profile, config)
+        self.family = get_family(self.family_name)
+        self.family.check_config(config, model)
+        self.device = _device(opts.device)
+        self.dtype = _dtype(opts.dtype, self.device)
+        self.processor = self.family.load_processor(model, trust_remote_code=opts.trust_remote_code)
+        self.tokenizer = self.family.tokenizer(self.processor)
+        self.tokenizer.padding_side = "left"  # decoder-only batches: prompts end where generation starts
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
+        self.attn_implementation = opts.attn_implementation or _best_attention(self.device, self.dtype)
+        self.model = self._load_model(model)
+        self._seen_stop_warning = False
+
+    # ---- loading ----
+    def _load_model(self, model: str) -> Any:
+        cls = self.family.model_class()
+        kwargs = {"dtype": self.dtype, "trust_remote_code": self.options.trust_remote_code}  # type: ignore[attr-defined]
+        try:
+            try:
+                loaded = cls.from_pretrained(model, attn_implementation=self.attn_implementation, **kwargs)
+            except (ValueError, ImportError) as exc:
+                if self.options.attn_implementation:  # type: ignore[attr-defined]
+                    raise  # the user asked for this one: say so rather than quietly use another
+                if "sdpa" in str(exc) or "flash" in str(exc).lower():
+                    self.attn_implementation = "eager"
+                    loaded = cls.from_pretrained(model, attn_implementation="eager", **kwargs)
+                else:
+                    raise
+        except Exception as exc:
+            raise ModelLoadError(f"{model}: could not load the model ({type(exc).__name__}: {exc})") from exc
+        return loaded.to(self.device).eval()
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out.update(
+            family=self.family_name,
+            device=str(self.device),
+            dtype=str(self.dtype).replace("torch.", ""),
+            attn_implementation=self.attn_implementation,
+        )
+        return out
+
+    # ---- generation ----
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(requests)
+        for indices in self._batches(requests):
+            batch = [requests[i] for i in indices]
+            try:
+                generations = self._generate_batch(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    generations = [_failed(exc)]
+                else:  # isolate the bad input: one by one, so one failure costs one record
+                    generations = []
+                    for request in batch:
+                        try:
+                            generations.extend(self._generate_batch([request]))
+                        except Exception as single_exc:  # noqa: BLE001 - becomes the item's error
+                            generations.append(_failed(single_exc))
+            for i, generation in zip(indices, generations, strict=True):
+                results[i] = generation
+        return [g for g in results if g is not None]
+
+    def _batches(self, requests: Sequence[Request]) -> list[list[int]]:
+        """Sub-batches that share what one generate call must share, sorted by an input-size estimate."""
+        groups: dict[Any, list[int]] = {}
+        for i, r in enumerate(requests):
+            key = (r.decoding, _freeze(r.tools), _freeze(r.chat_kwargs), bool(r.videos))
+            groups.setdefault(key, []).append(i)
+        size = max(1, self.options.max_batch_size)  # type: ignore[attr-defined]
+        out = []
+        for indices in groups.values():
+            if self.options.sort_by_length:  # type: ignore[attr-defined]
+                indices = sorted(indices, key=lambda i: _size_estimate(requests[i]))
+            out.extend(indices[k : k + size] for k in range(0, len(indices), size))
+        return out
+
+    def _generate_batch(self, batch: list[Request]) -> list[Generation]:
+        import torch
+
+        t0 = time.perf_counter()
+        inputs = self.family.encode(self.processor, batch)
+        inputs = inputs.to(self.device)
+        for key, value in inputs.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                inputs[key] = value.to(self.dtype)
+        t1 = time.perf_counter()
+        decoding = batch[0].decoding
+        kwargs = self._generate_kwargs(decoding, batch)
+        if decoding.seed is not None:
+            torch.manual_seed(decoding.seed)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        t2 = time.perf_counter()
+        input_ids = inputs["input_ids"]
+        new = out
+        if out.shape[1] >= input_ids.shape[1] and torch.equal(out[:, : input_ids.shape[1]], input_ids):
+            new = out[:, input_ids.shape[1] :]  # decoder-only: the prompt comes back first
+        texts = self.family.decode(self.processor, new)
+        t3 = time.perf_counter()
+        n = len(batch)
+        mask = inputs.get("attention_mask")
+        prompt_lens = mask.sum(dim=1).tolist() if mask is not None else [input_ids.shape[1]] * n
+        timings = {"preprocess": (t1 - t0) / n, "generate": (t2 - t1) / n, "decode": (t3 - t2) / n, "batch_size": n}
+        generations = []
+        for row, text, prompt_len in zip(new.tolist(), texts, prompt_lens, strict=True):
+            count, reason = self._completion(row, text, decoding)
+            generations.append(
+                Generation(
+                    text=text,
+                    prompt_tokens=int(prompt_len),
+                    completion_tokens=count,
+                    finish_reason=reason,
+                    timings=dict(timings),
+                )
+            )
+        return generations
+
+    def _generate_kwargs(self, decoding: Decoding, batch: list[Request]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": decoding.max_new_tokens,
+            "do_sample": decoding.do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if decoding.do_sample:
+            for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
+                value = getattr(decoding, name)
+                if value is not None:
+                    kwargs[name] = value
+        elif decoding.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = decoding.repetition_penalty
+        if decoding.stop:
+            kwargs["stop_strings"] = list(decoding.stop)
+            kwargs["tokenizer"] = self.tokenizer
+        constraints = [r.constraint for r in batch]
+        if any(constraints):
+            processor = _constraint_processor(self.tokenizer, constraints)
+            if processor is not None:
+                from transformers import LogitsProcessorList
+
+                kwargs["logits_processor"] = LogitsProcessorList([processor])
+        return kwargs
+
+    def _completion(self, row: list[int], text: str, decoding: Decoding) -> tuple[int, str]:
+        """Tokens generated for this row (padding after its end excluded) and why it stopped."""
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        pad = self.tokenizer.pad_token_id
+        for k, token in enumerate(row):
+            if token in eos_ids:
+                return k + 1, "stop"
+            if token == pad:
+                return k, "stop"
+        if decoding.stop and any(text.endswith(s) or s in text for s in decoding.stop):
+            return len(row), "stop"
+        return len(row), "length" if len(row) >= decoding.max_new_tokens else "stop"
+
+    def close(self) -> None:
+        self.model = None
+        self.processor = None
+
+
+def _constraint_processor(tokenizer: Any, constraints: list[Any]) -> Any:
+    """The scale-out engineer's hook; constrained decoding is skipped when it is not installed."""
+    try:
+        from capmill.engines import constrained
+    except ImportError:
+        return None
+    return constrained.logits_processors(tokenizer, constraints)
+
+
+def _failed(exc: Exception) -> Generation:
+    return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
+
+
+def _freeze(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _size_estimate(request: Request) -> int:
+    """Pixels plus prompt characters: a cheap stand-in for the token count, enough to group similar inputs."""
+    pixels = sum(im.size[0] * im.size[1] for im in request.images)
+    pixels += sum(f.size[0] * f.size[1] for v in request.videos for f in v)
+    chars = sum(len(str(m.get("content"))) for m in request.messages)
+    return pixels // 256 + chars // 4
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def _dtype(name: str, device: Any) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; choose auto, float32, bfloat16 or float16")
+    return getattr(torch, DTYPES[name])
+
+
+def _best_attention(device: Any, dtype: Any) -> str:
+    import torch
+
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        try:
+            import flash_attn  # noqa: F401
+
+            major, _ = torch.cuda.get_device_capability(device)
+            if 8 <= major <= 9:  # Ampere..Hopper; the json-captioner card: no flash-attn kernels on sm_75/sm_120
+                return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
