@@ -1,0 +1,86 @@
+"""`capmill serve`: an OpenAI-compatible captioning server with dynamic batching and a web gallery."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="hub id or local folder of the checkpoint (optional with --browse)")
+    parser.add_argument("--profile", help="model profile (default: inferred from the model)")
+    parser.add_argument("--engine", default="transformers", help="engine name (default: transformers)")
+    parser.add_argument("--served-model-name", action="append", default=[], metavar="NAME",
+                        help="name clients send as 'model' (repeatable; default: the profile name and model id)")  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get("CAPMILL_API_KEY"),
+                        help="require this key on every route but /healthz (default: $CAPMILL_API_KEY)")  # fmt: skip
+    parser.add_argument("--max-batch", type=int, default=8, help="most requests per engine batch (default 8)")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0,
+                        help="longest a request waits for others to share its batch (default 10)")  # fmt: skip
+    parser.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
+    parser.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
+    parser.add_argument("--max-image-mb", type=float, default=16.0, help="largest image (default 16 MB)")
+    parser.add_argument("--max-image-pixels", type=int, default=50_000_000)
+    parser.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a client may ask")
+    parser.add_argument("--allow-url-images", action="store_true", help="fetch http(s) image_url values")
+    parser.add_argument("--allow-private-urls", action="store_true",
+                        help="with --allow-url-images: also fetch from loopback and private addresses")  # fmt: skip
+    parser.add_argument("--browse", type=Path, metavar="RUN_DIR", help="show this run folder's results in the gallery")
+    parser.add_argument("--device", help="device for the model (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", help="model dtype (default: the profile's)")
+    parser.add_argument("--scaffold", help="JSON captioner scaffold file (system prompt + tools)")
+    parser.add_argument("--log-level", default="info")
+
+
+def config_from_args(args: argparse.Namespace):  # noqa: ANN201
+    from capmill.errors import ConfigError
+    from capmill.serve.config import MiB, ServeConfig
+
+    if not args.model and not args.browse:
+        raise ConfigError("capmill serve needs --model M (to caption) or --browse RUN_DIR (to look at a run)")
+    options = {k: getattr(args, k) for k in ("device", "dtype", "scaffold") if getattr(args, k, None)}
+    return ServeConfig(
+        model=args.model,
+        profile=args.profile,
+        engine=args.engine,
+        captioner_options=options,
+        served_model_names=args.served_model_name,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        request_timeout_s=args.timeout,
+        max_body_bytes=int(args.max_body_mb * MiB),
+        max_image_bytes=int(args.max_image_mb * MiB),
+        max_image_pixels=args.max_image_pixels,
+        max_tokens_limit=args.max_tokens_limit,
+        allow_url_images=args.allow_url_images,
+        allow_private_urls=args.allow_private_urls,
+        browse_dir=args.browse,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from capmill.errors import ConfigError, MissingDependencyError
+
+    try:
+        import uvicorn
+
+        from capmill.serve.app import create_app
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "fastapi", "serve", "capmill serve") from exc
+    try:
+        config = config_from_args(args)
+    except ValidationError as exc:
+        raise ConfigError(f"bad serve option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,1 @@
+"""Static files of the web gallery (served by capmill.serve.gallery_routes)."""

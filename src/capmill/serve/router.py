@@ -1,0 +1,221 @@
+"""HTTP only: parse, call the service, shape the answer. The logic lives in service.py and browse.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from capmill.errors import InputError
+from capmill.serve import limits
+from capmill.serve.httperrors import HTTPProblem, bad_request, error_body, problem_for
+from capmill.serve.protocol import (
+    AssistantMessage,
+    CaptionInfo,
+    CaptionRecord,
+    CaptionRequest,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ErrorResponse,
+    Health,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from capmill.serve.service import CaptionService, PreparedChat, text_item, upload_item
+
+router = APIRouter()
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503, 504)}
+_CAPTION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": CaptionRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "the image file"},
+                        "mode": {"type": "string", "description": "caption | structured | text"},
+                        "id": {"type": "string"},
+                        "text": {"type": "string", "description": "caption text for text mode, instead of a file"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def service_of(request: Request) -> CaptionService:
+    service = request.app.state.service
+    if service is None:
+        raise HTTPProblem(
+            404, "no model is loaded: this server only browses a run folder (start it with --model)", code="no_model"
+        )
+    return service
+
+
+@router.get("/healthz", response_model=Health, tags=["server"])
+async def healthz(request: Request) -> Health:
+    service = request.app.state.service
+    if service is None:
+        return Health(status="browse-only")
+    return Health(status="ok", model=service.names[0], queue_depth=service.batcher.depth)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["server"], responses={401: _ERRORS[401]})
+async def metrics(request: Request) -> PlainTextResponse:
+    text = request.app.state.metrics.render()
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["openai"], responses={401: _ERRORS[401]})
+async def list_models(request: Request) -> ModelList:
+    service = request.app.state.service
+    if service is None:
+        return ModelList(data=[])
+    root = service.settings.get("model")
+    cards = [
+        ModelCard(
+            id=name, created=service.created, profile=service.profile.name, root=root, modes=list(service.profile.modes)
+        )
+        for name in service.names
+    ]
+    return ModelList(data=cards)
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    tags=["openai"],
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    service = service_of(request)
+    prepared = await service.prepare_chat(body)
+    future = service.batcher.submit(prepared.request)  # a full queue answers 503 here, before any stream starts
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(service, prepared, future, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    generation = await service.wait(future)
+    if generation.error:
+        raise HTTPProblem(502, f"generation failed: {generation.error}", code="generation_failed")
+    record = service.read(prepared, generation)
+    return ChatCompletion(
+        id=prepared.id,
+        created=prepared.created,
+        model=prepared.model,
+        choices=[Choice(message=AssistantMessage(content=generation.text), finish_reason=generation.finish_reason)],
+        usage=_usage(generation),
+        capmill=_info(record),
+    )
+
+
+def _usage(generation) -> Usage:  # noqa: ANN001
+    return Usage(
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        total_tokens=generation.prompt_tokens + generation.completion_tokens,
+    )
+
+
+def _info(record) -> CaptionInfo | None:  # noqa: ANN001
+    if record is None:
+        return None
+    return CaptionInfo(status=record.status, caption=record.caption, structured=record.structured, notes=record.notes)
+
+
+async def _sse(service: CaptionService, prepared: PreparedChat, future, include_usage: bool):  # noqa: ANN001
+    """OpenAI's chunk stream. The role chunk goes out at once; the text follows when the engine batch holding
+    this request finishes (the engine returns whole generations), in word-sized deltas."""
+
+    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True) -> str:
+        body = ChatCompletionChunk(
+            id=prepared.id,
+            created=prepared.created,
+            model=prepared.model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else [],
+            usage=usage,
+        )
+        return f"data: {body.model_dump_json(exclude_none=False)}\n\n"
+
+    yield chunk(Delta(role="assistant", content=""))
+    try:
+        generation = await service.wait(future)
+        if generation.error:
+            raise HTTPProblem(502, f"generation failed: {generation.error}", code="generation_failed")
+    except Exception as exc:
+        yield f"data: {json.dumps(error_body(problem_for(exc)))}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    for piece in re.findall(r"\s*\S+|\s+$", generation.text):
+        yield chunk(Delta(content=piece))
+    yield chunk(Delta(), finish=generation.finish_reason)
+    if include_usage:
+        yield chunk(Delta(), usage=_usage(generation), choices=False)
+    yield "data: [DONE]\n\n"
+
+
+@router.post(
+    "/v1/captions",
+    response_model=CaptionRecord,
+    tags=["capmill"],
+    responses=_ERRORS,
+    openapi_extra=_CAPTION_BODY,
+)
+async def captions(request: Request) -> Any:
+    service = service_of(request)
+    config = request.app.state.config
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8, max_part_size=config.max_body_bytes)
+        upload = form.get("file")
+        mode, item_id, text = form.get("mode"), form.get("id"), form.get("text")
+        for name, value in (("mode", mode), ("id", item_id), ("text", text)):
+            if value is not None and not isinstance(value, str):
+                raise bad_request(f"{name}: must be a form field, not a file", name)
+        if upload is None or isinstance(upload, str):
+            if text is None:
+                raise bad_request("file: upload the image as the multipart field 'file'", "file")
+            item = text_item(text, item_id)
+        else:
+            data = await upload.read()
+            if len(data) > config.max_image_bytes:
+                raise HTTPProblem(413, f"file: {len(data)} bytes exceeds {config.max_image_bytes} bytes", param="file")
+            if not data:
+                raise InputError(upload.filename or "file", "empty file")
+            item = upload_item(data, upload.filename, item_id)
+    elif ctype in ("application/json", ""):
+        raw = await request.body()
+        if not raw:
+            raise bad_request("send an image: multipart field 'file', or JSON {\"image\": base64}")
+        body = CaptionRequest.model_validate_json(raw)
+        service.check_model(body.model)
+        if (body.image is None) == (body.text is None):
+            raise bad_request("send exactly one of 'image' (base64) or 'text'", "image")
+        if body.image is not None:
+            data = limits.image_or_base64(body.image, param="image", max_bytes=config.max_image_bytes)
+            item = upload_item(data, None, body.id)
+        else:
+            item = text_item(body.text or "", body.id)
+        mode = body.mode
+    else:
+        raise HTTPProblem(415, f"unsupported content type {ctype!r}: send multipart/form-data or application/json")
+    started = time.perf_counter()
+    record = await service.caption(item, mode)
+    record.timings.setdefault("server_s", time.perf_counter() - started)
+    return JSONResponse(record.to_dict())

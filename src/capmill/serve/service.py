@@ -1,0 +1,312 @@
+"""What the endpoints do, without HTTP: turn chat and caption requests into engine Requests and answer them.
+
+The Captioner prepares every image exactly as `capmill caption` would (same decoding, resizing, scaffold),
+the Batcher groups requests into engine batches, and the Captioner turns Generations into Records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from capmill.errors import InputError, UnknownNameError
+from capmill.records import Generation, Item, Record, Request, sha256_hex
+from capmill.serve import limits
+from capmill.serve.batcher import Batcher
+from capmill.serve.config import ServeConfig
+from capmill.serve.httperrors import HTTPProblem, bad_request, too_large
+from capmill.serve.metrics import Metrics
+from capmill.serve.protocol import ChatCompletionRequest, ImagePart, TextPart
+
+
+@dataclass
+class PreparedChat:
+    """A chat request turned into one engine Request, with the item its images came from."""
+
+    id: str
+    model: str
+    item: Item
+    request: Request
+    created: int
+    mode: str
+
+
+class CaptionService:
+    """The captioner behind the API: prepares requests, queues them on the batcher, reads the output."""
+
+    def __init__(self, captioner: Any, config: ServeConfig, metrics: Metrics):
+        self.captioner = captioner
+        self.config = config
+        self.metrics = metrics
+        self.settings: dict[str, Any] = dict(captioner.settings())
+        self.profile = captioner.profile
+        self.names = config.names(self.profile.name, getattr(captioner, "model", None))
+        self.created = int(time.time())
+        self._views: dict[str, Any] = {}
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch=config.max_batch,
+            max_wait_s=config.max_wait_ms / 1000.0,
+            max_queue=config.max_queue,
+            metrics=metrics,
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        await self.batcher.start()
+
+    def _load(self) -> None:
+        """Load the engine now (not on the first request), then make one view of the captioner per mode.
+
+        The Captioner reads its mode when it writes a Record (mode, prompt hash, grounding in text mode); the
+        views are shallow copies that share the one loaded engine and differ only in mode."""
+        _ = getattr(self.captioner, "engine", None)
+        for mode in self.profile.modes:
+            if getattr(self.captioner, "mode", mode) == mode:
+                self._views[mode] = self.captioner
+            else:
+                view = copy.copy(self.captioner)
+                view.mode = mode
+                self._views[mode] = view
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    def _run_batch(self, requests: list[Request]) -> list[Generation]:
+        """Runs on the engine thread. A batch that fails as a whole is retried one by one, so one bad request
+        cannot fail the other clients' requests that happened to share its batch."""
+        try:
+            return self.captioner.generate(requests)
+        except Exception:
+            if len(requests) == 1:
+                raise
+        out = []
+        for request in requests:
+            try:
+                out.extend(self.captioner.generate([request]))
+            except Exception as exc:  # this request alone fails: its client gets the error
+                out.append(Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
+        return out
+
+    # ---------------------------------------------------------------- shared steps
+
+    def check_model(self, name: str | None) -> str:
+        if name is None:
+            return self.names[0]
+        if name not in self.names:
+            raise UnknownNameError("model", name, self.names)
+        return name
+
+    def check_pixels(self, data: bytes, source: str) -> None:
+        """Refuse an image with too many pixels from its header alone, before anything decodes it."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except Exception:
+            return  # not readable as an image: prepare() says what is wrong, with the reason
+        if width * height > self.config.max_image_pixels:
+            raise too_large(f"{source}: image of {width}x{height} pixels exceeds {self.config.max_image_pixels}")
+
+    async def prepare(self, item: Item, mode: str) -> Request:
+        if item.data is not None:
+            self.check_pixels(item.data, item.source)
+        return await asyncio.to_thread(self.captioner.prepare, item, mode)
+
+    async def generate(self, request: Request) -> Generation:
+        future = self.batcher.submit(request)
+        return await self.wait(future)
+
+    async def wait(self, future: asyncio.Future) -> Generation:
+        try:
+            return await asyncio.wait_for(future, self.config.request_timeout_s)
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            self.metrics.reject("timeout")
+            raise HTTPProblem(
+                504, f"generation did not finish within {self.config.request_timeout_s:g} s", code="timeout"
+            ) from exc
+
+    def finish(self, item: Item, request: Request, generation: Generation, mode: str | None = None) -> Record:
+        captioner = self._views.get(mode or "", self.captioner)
+        record = captioner.finish(item, request, generation)
+        self.metrics.record_status(record.status)
+        return record
+
+    def check_mode(self, mode: str | None, *, has_text: bool) -> str:
+        modes = tuple(self.profile.modes)
+        if mode is None:
+            mode = "text" if has_text and "text" in modes else self.profile.default_mode
+        if mode not in modes:
+            raise bad_request(
+                f"mode {mode!r} is not offered by profile {self.profile.name}; choose one of {modes}", "mode"
+            )
+        if has_text != (mode == "text"):
+            need = "caption text ('text')" if mode == "text" else "an image"
+            raise bad_request(f"mode {mode!r} needs {need}", "mode")
+        return mode
+
+    # ---------------------------------------------------------------- /v1/captions
+
+    async def caption(self, item: Item, mode: str | None) -> Record:
+        mode = self.check_mode(mode, has_text=item.kind == "text")
+        request = await self.prepare(item, mode)
+        generation = await self.generate(request)
+        return self.finish(item, request, generation, mode)
+
+    # ---------------------------------------------------------------- /v1/chat/completions
+
+    async def prepare_chat(self, chat: ChatCompletionRequest) -> PreparedChat:
+        """OpenAI messages -> one engine Request: the client's messages, rendered the profile's way."""
+        model = self.check_model(chat.model)
+        max_new = chat.max_completion_tokens or chat.max_tokens
+        if max_new is not None and max_new > self.config.max_tokens_limit:
+            raise bad_request(
+                f"max_tokens {max_new} exceeds this server's limit of {self.config.max_tokens_limit}", "max_tokens"
+            )
+        images: list[bytes] = []
+        turns: list[tuple[str, list[tuple[str, Any]]]] = []  # role, [("text", str) | ("image", index)]
+        for m, message in enumerate(chat.messages):
+            parts: list[tuple[str, Any]] = []
+            content = message.content
+            if isinstance(content, str):
+                parts.append(("text", content))
+            elif content:
+                for p, part in enumerate(content):
+                    if isinstance(part, TextPart):
+                        parts.append(("text", part.text))
+                    elif isinstance(part, ImagePart):
+                        if message.role != "user":
+                            raise bad_request(f"messages[{m}]: images are only accepted in user messages", "messages")
+                        param = f"messages[{m}].content[{p}].image_url"
+                        if len(images) >= self.config.max_images_per_request:
+                            raise too_large(f"more than {self.config.max_images_per_request} images in one request")
+                        data = await limits.image_url_bytes(part.image_url.url, param=param, config=self.config)
+                        parts.append(("image", len(images)))
+                        images.append(data)
+            role = "system" if message.role == "developer" else message.role
+            turns.append((role, parts))
+        if not any(role == "user" for role, _ in turns):
+            raise bad_request("messages: at least one user message is needed", "messages")
+
+        chat_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if images:
+            mode = self.profile.default_mode if self.profile.default_mode != "text" else "caption"
+            bases = []
+            for i, data in enumerate(images):
+                item = Item(id=f"{chat_id}-{i}", source=f"image_url[{i}]", kind="image", data=data)
+                bases.append(await self.prepare(item, mode))
+            base, item = bases[0], Item(id=chat_id, source="chat", kind="image", data=images[0])
+            pil_images = [b.images[0] if b.images else None for b in bases]
+        else:
+            text = "\n".join(v for _, parts in turns for k, v in parts if k == "text")
+            item = Item(id=chat_id, source="chat", kind="text", text=text or " ")
+            mode = "text"
+            if "text" in self.profile.modes:
+                base = await self.prepare(item, "text")
+            else:
+                base = Request(item_id=chat_id, messages=[], decoding=self.profile.decoding,
+                               chat_kwargs=dict(self.profile.chat_kwargs))  # fmt: skip
+            pil_images = []
+        messages = _render_messages(turns, base, pil_images)
+        prompt_text = None
+        if base.prompt_text is not None:  # families without a chat template take the last user text
+            user_texts = [v for role, parts in turns if role == "user" for k, v in parts if k == "text"]
+            prompt_text = user_texts[-1] if user_texts else base.prompt_text
+        request = replace(
+            base,
+            item_id=chat_id,
+            messages=messages,
+            images=[img for img in pil_images if img is not None],
+            decoding=_decoding(base, chat),
+            prompt_text=prompt_text,
+        )
+        return PreparedChat(chat_id, model, item, request, int(time.time()), mode)
+
+    async def chat(self, chat: ChatCompletionRequest) -> tuple[PreparedChat, Generation, Record | None]:
+        prepared = await self.prepare_chat(chat)
+        generation = await self.generate(prepared.request)
+        return prepared, generation, self.read(prepared, generation)
+
+    def read(self, prepared: PreparedChat, generation: Generation) -> Record | None:
+        """capmill's reading of a chat answer (caption, structured, status); None if it cannot be read."""
+        try:
+            return self.finish(prepared.item, prepared.request, generation, prepared.mode)
+        except Exception:  # the chat answer stands without capmill's reading
+            return None
+
+
+def _decoding(base: Request, chat: ChatCompletionRequest) -> Any:
+    """The profile's decoding with the client's sampling parameters on top."""
+    decoding = base.decoding
+    changes: dict[str, Any] = {
+        "max_new_tokens": chat.max_completion_tokens or chat.max_tokens,
+        "top_p": chat.top_p,
+        "top_k": chat.top_k,
+        "repetition_penalty": chat.repetition_penalty,
+        "seed": chat.seed,
+    }
+    if chat.temperature is not None:
+        if chat.temperature == 0:
+            changes["do_sample"] = False
+            decoding = decoding.model_copy(update={"temperature": None, "top_p": None, "top_k": None})
+        else:
+            changes.update(do_sample=True, temperature=chat.temperature)
+    if chat.stop:
+        stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop)
+        changes["stop"] = tuple(dict.fromkeys([*decoding.stop, *(s for s in stops if s)]))
+    return decoding.merged(**changes)
+
+
+def _render_messages(turns, base: Request, pil_images: list[Any]) -> list[dict[str, Any]]:  # noqa: ANN001
+    """The client's turns in the Hugging Face message form the profile's own Request uses.
+
+    Image blocks copy the shape of the profile's image block (some families carry the image inside it);
+    the profile's system prompt is kept when the client sends none (the JSON captioner's scaffold).
+    """
+    image_block: dict[str, Any] = {"type": "image"}
+    base_system = None
+    for message in base.messages:
+        if message.get("role") == "system" and base_system is None:
+            base_system = message
+        content = message.get("content")
+        if isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "image":
+                    image_block = block
+    out: list[dict[str, Any]] = []
+    if base_system is not None and not any(role == "system" for role, _ in turns):
+        out.append(base_system)
+    for role, parts in turns:
+        if role == "system" or role == "assistant":
+            out.append({"role": role, "content": "".join(v for k, v in parts if k == "text")})
+            continue
+        blocks: list[dict[str, Any]] = []
+        for kind, value in parts:
+            if kind == "text":
+                blocks.append({"type": "text", "text": value})
+            else:
+                block = dict(image_block)
+                if "image" in block:
+                    block["image"] = pil_images[value]
+                blocks.append(block)
+        out.append({"role": role, "content": blocks})
+    return out
+
+
+def upload_item(data: bytes, filename: str | None, item_id: str | None) -> Item:
+    source = filename or "upload"
+    return Item(id=item_id or f"upload-{sha256_hex(data)[:12]}", source=source, kind="image", data=data)
+
+
+def text_item(text: str, item_id: str | None) -> Item:
+    if not text.strip():
+        raise InputError("text", "empty caption text")
+    return Item(id=item_id or f"text-{sha256_hex(text)[:12]}", source="text", kind="text", text=text)
