@@ -1,0 +1,319 @@
+"""Constrained decoding for the transformers engine: one llguidance matcher per batch row, as a LogitsProcessor.
+
+``logits_processors(tokenizer, constraints)`` returns one ``transformers.LogitsProcessor`` for a whole batch;
+row ``i`` follows ``constraints[i]`` (see capmill.engines.grammars) or is left alone when it is None. Masks
+for all rows are computed in one parallel llguidance call and applied as a bit mask, on the logits' device.
+
+Budget: given ``max_new_tokens``, a row that has not finished when only ``reserve`` tokens are left is steered
+to close its structure (end of sequence if the grammar allows it, else the forced text, else newline, string
+and bracket closers), so a constrained output is complete and parses instead of stopping mid-string.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from transformers import LogitsProcessor
+
+from capmill.engines.grammars import grammar_for
+from capmill.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Tokens kept, beyond the shortest complete output of a grammar, for closing a structure at the budget's end.
+RESERVE_MARGIN = 16
+_TEMPLATES_PER_TOKENIZER = 64
+# Common chat end markers: besides the tokenizer's own EOS, a grammar may end on whichever one the model emits.
+_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<end_of_turn>")
+
+_lock = threading.Lock()
+_ll_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_executor = None
+
+
+class LLGuidanceLogitsProcessor(LogitsProcessor):
+    """Masks each constrained row's logits to the tokens its grammar allows next; see the module docstring.
+
+    State is per generate call: the first call sees the prompt and records its length; every later call
+    consumes the one token each row produced since. A row whose grammar has ended (it took an end-of-sequence
+    token, or a token it refuses after an accepting state: the pad of a row stopped by a stop string) is
+    held to end-of-sequence tokens from then on, so left padding, EOS and stop strings need nothing special
+    and nothing can follow a finished structure. Unconstrained rows are never touched.
+    """
+
+    def __init__(self, tok: Any, matchers: list[Any], *, max_new_tokens: int | None, reserves: list[int]):
+        import torch
+
+        self.tok = tok  # the _LLTok bundle
+        self.matchers = matchers
+        self.rows = [i for i, m in enumerate(matchers) if m is not None]
+        self.done = [m is None for m in matchers]
+        self.errors: list[str | None] = [None] * len(matchers)
+        self.wrapped = [False] * len(matchers)  # True where the budget made the row close early
+        self.max_new_tokens = max_new_tokens
+        self.reserves = reserves  # per row: tokens left at which the row starts closing its structure
+        self._start: int | None = None
+        words = (tok.ll.vocab_size + 31) // 32
+        self._bitmask = torch.full((len(matchers), words), -1, dtype=torch.int32)
+        self._shifts: dict[Any, Any] = {}
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if input_ids.shape[0] != len(self.matchers):
+            raise ConfigError(
+                f"constrained decoding got a batch of {input_ids.shape[0]} rows for {len(self.matchers)} constraints "
+                "(beam search and several return sequences per prompt are not supported with constraints)"
+            )
+        if not self.rows:
+            return scores
+        if self._start is None:
+            self._start = input_ids.shape[1]
+        else:
+            self._consume(input_ids[:, -1].tolist())
+        live = [i for i in self.rows if not self.done[i]]
+        if live:
+            _fill_masks([(self.matchers[i], i) for i in live], self._bitmask)
+            left = None if self.max_new_tokens is None else self.max_new_tokens - (input_ids.shape[1] - self._start)
+            for i in live:
+                if not bool(self._bitmask[i].any()):  # a grammar that allows nothing: end the row cleanly
+                    self._finish(i, f"grammar allows no token: {self.matchers[i].get_error() or 'dead end'}")
+                elif left is not None and left <= self.reserves[i]:
+                    self._wrap_up(i)
+        rows = torch.tensor(self.rows, device=scores.device)
+        allowed = self._unpack(self._bitmask[self.rows].to(scores.device), scores.shape[1])
+        scores[rows] = scores[rows].masked_fill(~allowed, float("-inf"))
+        return scores
+
+    def _consume(self, last: list[int]) -> None:
+        for i in self.rows:
+            if self.done[i]:
+                continue
+            m, token = self.matchers[i], last[i]
+            accepting = m.is_accepting()
+            if m.consume_token(token):
+                if token in self.tok.eos_set:
+                    self._finish(i)
+            elif accepting:
+                self._finish(i)  # the pad of a row a stop string ended, or an EOS the grammar does not know
+            else:
+                self._finish(i, f"token {token} refused by the grammar: {m.get_error()}")
+
+    def _finish(self, i: int, error: str | None = None) -> None:
+        self.done[i] = True
+        self._bitmask[i] = self.tok.tier_eos
+        if error:
+            self.errors[i] = error
+            log.warning("constrained row %d: %s", i, error)
+
+    def _wrap_up(self, i: int) -> None:
+        """Narrow row ``i``'s mask to the shortest way out (see `closing_choice`)."""
+        narrowed = closing_choice(self.tok, self.matchers[i], self._bitmask[i])
+        if narrowed is not None:
+            self._bitmask[i] = narrowed
+            self.wrapped[i] = True
+
+    def _unpack(self, packed, vocab: int):
+        """(rows, words) int32 bit masks -> (rows, vocab) bool; ids past the tokenizer are never allowed."""
+        import torch
+
+        dev = packed.device
+        if dev not in self._shifts:
+            self._shifts[dev] = torch.arange(32, dtype=torch.int32, device=dev)
+        bits = ((packed.unsqueeze(-1) >> self._shifts[dev]) & 1).bool().reshape(packed.shape[0], -1)
+        n = min(vocab, self.tok.ll.vocab_size)
+        allowed = torch.zeros((packed.shape[0], vocab), dtype=torch.bool, device=dev)
+        allowed[:, :n] = bits[:, :n]
+        return allowed
+
+
+def logits_processors(
+    tokenizer: Any,
+    constraints: Sequence[dict[str, Any] | None],
+    *,
+    max_new_tokens: int | None = None,
+    eos_token_id: int | Iterable[int] | None = None,
+    reserve: int | None = None,
+) -> LLGuidanceLogitsProcessor:
+    """One LogitsProcessor for a batch: row i constrained by ``constraints[i]`` (None: unconstrained).
+
+    ``tokenizer`` is a fast Hugging Face tokenizer (or a processor holding one). Pass the generate call's
+    ``max_new_tokens`` so outputs close within budget, and the model's EOS ids (generation_config.eos_token_id)
+    so a finished grammar may end on any of them. ``reserve`` overrides how many tokens before the budget's
+    end a row starts closing (default: its grammar's shortest complete output plus RESERVE_MARGIN).
+    Raises ConfigError for a malformed or invalid constraint.
+    """
+    tok = _ll_tokenizer(getattr(tokenizer, "tokenizer", tokenizer), eos_token_id)
+    matchers: list[Any] = []
+    reserves: list[int] = []
+    for i, constraint in enumerate(constraints):
+        if constraint is None:
+            matchers.append(None)
+            reserves.append(0)
+            continue
+        template, distance = tok.compiled(grammar_for(constraint, tok.added), row=i)
+        matchers.append(template.deep_copy())
+        reserves.append(reserve if reserve is not None else distance + RESERVE_MARGIN)
+    return LLGuidanceLogitsProcessor(tok, matchers, max_new_tokens=max_new_tokens, reserves=reserves)
+
+
+def closing_choice(tok: _LLTok, matcher: Any, row: Any) -> Any:
+    """The packed mask of the tokens that close a structure soonest, given the row's allowed mask, or None.
+
+    In order: end of sequence when the grammar may end; the first forced token; a newline (ends a raw
+    tool-call value); a token that closes a JSON string; one that closes arrays or objects. None: keep the
+    full mask (the grammar needs content, say the first character of a non-empty name).
+    """
+    import torch
+
+    eos = row & tok.tier_eos
+    if bool(eos.any()):
+        return eos
+    forced = matcher.compute_ff_tokens()
+    if forced:
+        only = torch.zeros_like(row)
+        only[forced[0] // 32] = _bit(forced[0] % 32)
+        return only
+    for tier in tok.tiers:
+        narrowed = row & tier
+        if bool(narrowed.any()):
+            return narrowed
+    return None
+
+
+def closing_distance(tok: _LLTok, matcher: Any, limit: int = 4096) -> int:
+    """How many tokens the wrap-up policy takes to finish from ``matcher``'s state (on a copy; ``limit`` if never)."""
+    import torch
+
+    m = matcher.deep_copy()
+    mask = torch.zeros((1, (tok.ll.vocab_size + 31) // 32), dtype=torch.int32)
+    for n in range(limit):
+        _fill_masks([(m, 0)], mask)
+        row = mask[0]
+        narrowed = closing_choice(tok, m, row)
+        if narrowed is not None:
+            row = narrowed
+        token = _first_set(row)
+        if token is None or token in tok.eos_set:
+            return n + 1
+        if not m.consume_token(token):
+            return limit
+    return limit
+
+
+def _first_set(row: Any) -> int | None:
+    """Lowest token id whose bit is set in a packed int32 mask."""
+    nonzero = row.nonzero()
+    if not len(nonzero):
+        return None
+    w = int(nonzero[0])
+    word = int(row[w]) & 0xFFFFFFFF
+    return w * 32 + ((word & -word).bit_length() - 1)
+
+
+class _LLTok:
+    """An llguidance tokenizer with the packed token masks the budget wrap-up uses (built once per tokenizer)."""
+
+    def __init__(self, hf_tokenizer: Any, eos_ids: list[int]):
+        import llguidance.hf
+
+        try:
+            self.ll = llguidance.hf.from_tokenizer(hf_tokenizer, eos_token=eos_ids)
+        except ValueError as exc:
+            raise ConfigError(f"constrained decoding needs a fast tokenizer: {exc}") from exc
+        self.eos_ids = eos_ids
+        self.eos_set = frozenset(eos_ids)
+        self.added = frozenset(t.content for t in getattr(hf_tokenizer, "added_tokens_decoder", {}).values())
+        texts = [self.ll.decode_bytes([t]) for t in range(self.ll.vocab_size)]
+        special = [self.ll.is_special_token(t) for t in range(self.ll.vocab_size)]
+
+        def tier(pred) -> Any:
+            return _pack([t for t, b in enumerate(texts) if b and not special[t] and pred(b)], self.ll.vocab_size)
+
+        self._templates: dict[str, tuple[Any, int]] = {}
+        self.tier_eos = _pack(eos_ids, self.ll.vocab_size)
+        self.tiers = [
+            tier(lambda b: set(b) == {0x0A}),  # newline: ends a raw tool-call value
+            tier(lambda b: b[:1] == b'"' and set(b[1:]) <= set(b"]}")),  # closes a JSON string (and containers)
+            tier(lambda b: set(b) <= set(b"]}")),  # closes arrays and objects
+        ]
+
+    def compiled(self, grammar: str, row: int = 0) -> tuple[Any, int]:
+        """(matcher at the start of ``grammar``, tokens its shortest complete output takes), compiled once."""
+        import llguidance
+
+        with _lock:
+            hit = self._templates.get(grammar)
+        if hit is not None:
+            return hit
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll)
+        if is_error:
+            raise ConfigError(f"constraint of row {row} is not a valid grammar: {messages[0] if messages else ''}")
+        matcher = llguidance.LLMatcher(self.ll, grammar, log_level=0)
+        if matcher.is_error():
+            raise ConfigError(f"constraint of row {row} failed to compile: {matcher.get_error()}")
+        entry = (matcher, closing_distance(self, matcher))
+        with _lock:
+            if len(self._templates) >= _TEMPLATES_PER_TOKENIZER:
+                self._templates.pop(next(iter(self._templates)))
+            self._templates[grammar] = entry
+        return entry
+
+
+def _ll_tokenizer(hf_tokenizer: Any, eos_token_id: int | Iterable[int] | None) -> _LLTok:
+    eos: set[int] = set()
+    for value in (hf_tokenizer.eos_token_id, eos_token_id):
+        if isinstance(value, int):
+            eos.add(value)
+        elif value is not None:
+            eos.update(int(v) for v in value)
+    vocab = hf_tokenizer.get_vocab()
+    eos.update(vocab[m] for m in _END_MARKERS if m in vocab)
+    eos_ids = sorted(eos)
+    with _lock:
+        per_tok = _ll_cache.setdefault(hf_tokenizer, {})
+        key = tuple(eos_ids)
+        if key not in per_tok:
+            per_tok[key] = _LLTok(hf_tokenizer, eos_ids)
+        return per_tok[key]
+
+
+def _get_executor():
+    global _executor
+    with _lock:
+        if _executor is None:
+            import llguidance
+
+            _executor = llguidance.LLExecutor()
+        return _executor
+
+
+def _fill_masks(pairs: list[tuple[Any, int]], bitmask: Any) -> None:
+    """Next-token masks of (matcher, row) pairs into rows of a contiguous CPU int32 tensor, in parallel.
+
+    What llguidance.torch.fill_next_token_bitmask_par does, without importing that module: it decorates a
+    kernel with torch.compile at import, which loads the compiler stack (~15 s on a small CPU).
+    """
+    assert bitmask.dtype.itemsize == 4 and bitmask.is_contiguous() and bitmask.device.type == "cpu"
+    batch, words = bitmask.shape
+    _get_executor().unsafe_compute_mask_ptr(pairs, bitmask.data_ptr(), words * 4, batch)
+
+
+def _bit(k: int) -> int:
+    """Bit ``k`` of an int32 word, as the signed value torch stores."""
+    return (1 << k) - (1 << 32) if k == 31 else 1 << k
+
+
+def _pack(ids: Iterable[int], vocab: int):
+    import torch
+
+    words = torch.zeros((vocab + 31) // 32, dtype=torch.int64)
+    for t in ids:
+        if 0 <= t < vocab:
+            words[t // 32] |= 1 << (t % 32)
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.to(torch.int32)
