@@ -70,6 +70,10 @@ class InputError(CapmillError):
         text = f"{source}: {reason}"
         super().__init__(f"{text} ({detail})" if detail else text)
 
+    def __reduce__(self) -> tuple:
+        # picklable, so decode worker processes can hand it back
+        return (type(self), (self.source, self.reason, self.detail))
+
 
 class OverloadedError(CapmillError):
     """A queue is full; the caller should retry later."""

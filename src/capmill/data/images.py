@@ -127,8 +127,8 @@ def _to_rgb(img: Any) -> Any:
 
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
-        if img.mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0 if hi > 255 else 255.0  # keep the full 16-bit range: brightness is meaningful
+        if img.mode != "F" and lo >= 0 and hi <= 65535:
+            lo, hi = 0.0, 65535.0 if hi > 255 else 255.0  # 16-bit data: keep the full range, brightness means something
         span = (hi - lo) or 1.0
         return Image.fromarray(((arr - lo) / span * 255.0).clip(0, 255).astype("uint8")).convert("RGB")
     return img.convert("RGB")  # CMYK, YCbCr, L, 1, P without transparency

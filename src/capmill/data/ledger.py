@@ -59,12 +59,14 @@ class Ledger:
         with self._lock:
             return self._db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is not None
 
-    def find_key(self, key: str) -> Entry | None:
-        """A done, non-error entry with this key: its record can be copied for a duplicate input."""
+    def find_key(self, key: str, include_errors: bool = False) -> Entry | None:
+        """A done entry with this key (a non-error one first): its record can be copied for a duplicate input."""
+        where = "" if include_errors else " AND status != 'error'"
+        query = (
+            f"SELECT id, key, status, reason, shard FROM items WHERE key = ?{where} ORDER BY status = 'error' LIMIT 1"
+        )
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, key, status, reason, shard FROM items WHERE key = ? AND status != 'error' LIMIT 1", (key,)
-            ).fetchone()
+            row = self._db.execute(query, (key,)).fetchone()
         return Entry(*row) if row else None
 
     def shards(self) -> set[str]:

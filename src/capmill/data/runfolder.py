@@ -201,9 +201,9 @@ class RunFolder:
             self._lock_handle.close()
 
     # -- reading ---------------------------------------------------------------------------------------
-    def find_record(self, key: str) -> Record | None:
+    def find_record(self, key: str, include_errors: bool = False) -> Record | None:
         """A committed record with this key, read back from its shard (for a duplicate input)."""
-        entry = self.ledger.find_key(key)
+        entry = self.ledger.find_key(key, include_errors)
         if entry is None:
             return None
         for record in read_shard(os.path.join(self.records_dir, entry.shard)):

@@ -1,1 +1,9 @@
-"""capmill.run"""
+"""Running captioning jobs: the streaming pipeline, and runners by name ("local"; "ray" is added beside it)."""
+
+from __future__ import annotations
+
+from capmill.registry import Registry
+
+RUNNERS: Registry[type] = Registry("runner", {"local": "capmill.run.local:LocalRunner"})
+
+__all__ = ["RUNNERS"]

@@ -48,6 +48,17 @@ class Source(ABC):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name, "spec": self.spec}
 
+    def count(self) -> int | None:
+        """How many items iteration will yield, when that is cheap to know (for progress and ETA); else None."""
+        return None
+
+
+class ListingSource(Source):
+    """A source whose iteration only lists names (no bytes), so counting is a second cheap pass."""
+
+    def count(self) -> int | None:
+        return sum(1 for _ in self)
+
 
 def kind_of(path: str) -> Kind | None:
     """image / video / text by extension, None for anything else."""

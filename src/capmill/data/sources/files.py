@@ -6,7 +6,7 @@ import glob as globlib
 import os
 from collections.abc import Iterator
 
-from capmill.data.sources.base import Source, error_item, file_item, kind_of
+from capmill.data.sources.base import ListingSource, error_item, file_item, kind_of
 from capmill.records import Item
 
 
@@ -22,7 +22,7 @@ def _item_for(item_id: str, path: str, text_mode: bool) -> Item:
     return file_item(item_id, path, kind)
 
 
-class FolderSource(Source):
+class FolderSource(ListingSource):
     """Every image (or, in text mode, every .txt caption) under a folder, sorted, recursively by default."""
 
     name = "folder"
@@ -43,7 +43,7 @@ class FolderSource(Source):
                     yield _item_for(os.path.normpath(path), path, text_mode)
 
 
-class GlobSource(Source):
+class GlobSource(ListingSource):
     """Files matching a glob pattern (`**` matches folders recursively)."""
 
     name = "glob"
@@ -55,7 +55,7 @@ class GlobSource(Source):
                 yield _item_for(os.path.normpath(path), path, text_mode)
 
 
-class FileSource(Source):
+class FileSource(ListingSource):
     """One file named on the command line (it may be missing or a broken link: that is a record, not a crash)."""
 
     name = "file"
@@ -64,7 +64,7 @@ class FileSource(Source):
         yield _item_for(os.path.normpath(self.spec), self.spec, self.options.text_mode)
 
 
-class FileListSource(Source):
+class FileListSource(ListingSource):
     """A text file with one path per line (relative paths are relative to the list); `#` starts a comment."""
 
     name = "files"

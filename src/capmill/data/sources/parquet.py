@@ -17,6 +17,14 @@ class ParquetSource(Source):
 
     name = "parquet"
 
+    def count(self) -> int | None:
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(self.spec).metadata.num_rows
+        except Exception:  # noqa: BLE001 - a broken file is counted while reading it
+            return None
+
     def __iter__(self) -> Iterator[Item]:
         import pyarrow.parquet as pq
 

@@ -87,6 +87,15 @@ class ChainSource(Source):
     def describe(self) -> dict[str, Any]:
         return {"kind": "chain", "sources": [s.describe() for s in self.sources]}
 
+    def count(self) -> int | None:
+        total = 0
+        for source in self.sources:
+            n = source.count()
+            if n is None:
+                return None
+            total += n
+        return total
+
 
 def open_sources(inputs: Sequence[str], options: SourceOptions | None = None) -> ChainSource:
     """One Source per INPUT argument, checked now (config errors before any work), chained in order."""

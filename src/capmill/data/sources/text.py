@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from capmill.data.sources.base import Source, error_item
+from capmill.data.sources.base import ListingSource, error_item
 from capmill.records import Item
 
 
-class TextLinesSource(Source):
+class TextLinesSource(ListingSource):
     """Each non-empty line of a .txt file is one caption to structure; ids are `file#line`."""
 
     name = "text"

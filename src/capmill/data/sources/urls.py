@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from capmill.data.sources.base import Source, error_item, kind_of, url_item
+from capmill.data.sources.base import ListingSource, error_item, kind_of, url_item
 from capmill.records import Item
 
 
@@ -14,7 +14,7 @@ def _kind(url: str) -> str:
     return "video" if kind == "video" else "image"
 
 
-class UrlSource(Source):
+class UrlSource(ListingSource):
     """A single http(s) URL."""
 
     name = "url"
@@ -23,7 +23,7 @@ class UrlSource(Source):
         yield url_item(self.spec, self.spec, _kind(self.spec))
 
 
-class UrlListSource(Source):
+class UrlListSource(ListingSource):
     """A text file of URLs, one per line; each is downloaded with timeouts, retries and a size cap."""
 
     name = "urls"

@@ -48,6 +48,10 @@ class WebDatasetSource(Source):
             return
         if key is not None:
             yield self._sample(key, members)
+        tail = _garbage_after(shard, tar.offset)
+        if tail:  # tarfile ends quietly at a cut-off header: say so, or the lost samples go unnoticed
+            where = f"{shard}#@{tar.offset}"
+            yield error_item(where, where, "corrupt tar", f"archive cut off or garbled at byte {tar.offset} ({tail})")
 
     def _sample(self, key: str, members: dict[str, bytes]) -> Item:
         item_id, where = f"{self.spec}#{key}", f"{self.spec}#{key}"
@@ -62,3 +66,14 @@ class WebDatasetSource(Source):
             if ext in members:
                 return Item(id=item_id, source=where, kind="image", data=members[ext], meta={"key": key, "ext": ext})
         return error_item(item_id, where, "not an image", f"tar sample has no image member, only {sorted(members)}")
+
+
+def _garbage_after(path: str, offset: int) -> str:
+    """A description of non-zero bytes where the end-of-archive marker should be ("" for a proper end)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            block = handle.read(1024)
+    except OSError:
+        return ""
+    return f"{len(block)} bytes of an incomplete header" if block.strip(b"\0") else ""

@@ -1,0 +1,219 @@
+"""`capmill caption INPUT...`: caption images, videos or caption text into JSONL, Parquet, WebDataset, sidecars or HF.
+
+Every run lives in a run folder (`--run-dir`, or `FILE.capmill/` beside `--out FILE`): running the same command
+again resumes it. See docs/runs.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from capmill.errors import ConfigError
+
+FORMATS = ("jsonl", "parquet", "webdataset", "sidecar", "hf")
+OUT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image/video files, folders, globs, file or URL lists (.txt), URLs, .parquet/.arrow, "
+        "WebDataset .tar, JSONL/CSV manifests, HF dataset folders or ids; `kind:target` forces a kind",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", help="hub id or local folder (default: the profile's checkpoint)")
+    g.add_argument("--profile", "-p", help="profile name (default: inferred from the model)")
+    g.add_argument("--engine", "-e", default="transformers", help="transformers | vllm | openai (default: %(default)s)")
+    g.add_argument("--mode", choices=("caption", "structured", "text"), help="default: the profile's")
+    g.add_argument("--prompt", help="the user prompt (generic profile, or to override a profile's)")
+    g.add_argument("--scaffold", help="JSON captioner: file with the system prompt row (task_1.jsonl)")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    d = p.add_argument_group("decoding (defaults from the model card)")
+    d.add_argument("--max-new-tokens", type=int)
+    sampling = d.add_mutually_exclusive_group()
+    sampling.add_argument("--greedy", dest="do_sample", action="store_false", default=None, help="greedy decoding")
+    sampling.add_argument("--sample", dest="do_sample", action="store_true", help="sampled decoding")
+    d.add_argument("--temperature", type=float)
+    d.add_argument("--top-p", type=float)
+    d.add_argument("--seed", type=int)
+    d.add_argument("--video-fps", type=float, help="video: frames sampled per second")
+    d.add_argument("--video-frames", type=int, help="video: number of frames sampled")
+    o = p.add_argument_group("output and run")
+    o.add_argument("--out", "-o", help="one output file (.jsonl or .parquet); its run folder is FILE.capmill/")
+    o.add_argument("--run-dir", help="run folder: manifest, record shards, ledger, summary.json (resumable)")
+    o.add_argument("--format", choices=FORMATS, help="shard format in the run folder (default: jsonl)")
+    o.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: %(default)s)")
+    o.add_argument("--sidecar-kinds", default="txt,json", help="sidecar format: txt, json or both")
+    o.add_argument("--overwrite-sidecars", action="store_true", help="replace existing sidecar files")
+    o.add_argument("--runner", default="local", help="local (default) or a runner added to capmill.run.RUNNERS")
+    o.add_argument("--batch-size", "-b", type=int, default=8)
+    o.add_argument("--workers", type=int, default=None, help="decode processes (default: cores-1, at least 1)")
+    o.add_argument("--show-prompt", action="store_true", help="print the rendered prompt of the first input; no model")
+    o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    i = p.add_argument_group("inputs")
+    i.add_argument("--image-column", help="table column with image bytes, paths or URLs")
+    i.add_argument("--text-column", help="table column with caption text (text mode)")
+    i.add_argument("--id-column", help="table column with ids")
+    i.add_argument("--split", help="Hugging Face dataset split (default: all of a saved DatasetDict; hub: train)")
+    i.add_argument("--no-recursive", dest="recursive", action="store_false", help="folders: top level only")
+    i.add_argument("--max-pixels", type=int, help="decompression-bomb limit in pixels (default: 89,478,485)")
+    i.add_argument("--resize-max-side", type=int, help="downscale larger images first (changes what the model sees)")
+    i.add_argument("--draft", action="store_true", help="with --resize-max-side: JPEG draft decoding (faster)")
+    i.add_argument("--timeout", type=float, default=10.0, help="URL inputs: seconds per request")
+    i.add_argument("--retries", type=int, default=2, help="URL inputs: retries on timeouts and 5xx")
+    i.add_argument("--max-download-mb", type=float, default=256.0, help="URL inputs: size cap")
+
+
+def _decoding(args: argparse.Namespace) -> dict[str, Any] | None:
+    given = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.do_sample,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    return given or None
+
+
+def captioner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    engine_options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    return {
+        "model": args.model,
+        "profile": args.profile,
+        "engine": args.engine,
+        "mode": args.mode,
+        "prompt": args.prompt,
+        "scaffold": args.scaffold,
+        "decoding": _decoding(args),
+        "engine_options": engine_options,
+        "batch_size": args.batch_size,
+        "video_fps": args.video_fps,
+        "video_frames": args.video_frames,
+    }
+
+
+def make_captioner(kwargs: dict[str, Any]) -> Any:
+    from capmill.captioner import Captioner
+
+    return Captioner(**kwargs)
+
+
+def _outputs(args: argparse.Namespace) -> tuple[str, str, str | None, bool]:
+    """(run folder, format, single output file, whether the run folder is temporary)."""
+    fmt = args.format
+    if args.out:
+        ext = os.path.splitext(args.out)[1].lower()
+        if ext not in OUT_FORMATS:
+            raise ConfigError(f"--out {args.out}: use a .jsonl or .parquet file, or --run-dir with --format")
+        if fmt and fmt != OUT_FORMATS[ext]:
+            raise ConfigError(f"--out {args.out} is {OUT_FORMATS[ext]}, but --format says {fmt}")
+        return args.run_dir or f"{args.out}.capmill", OUT_FORMATS[ext], args.out, False
+    if args.run_dir:
+        return args.run_dir, fmt or "jsonl", None, False
+    if fmt and fmt != "jsonl":
+        raise ConfigError(f"--format {fmt} needs --run-dir (or --out)")
+    return tempfile.mkdtemp(prefix="capmill-run-"), "jsonl", None, True
+
+
+def show_prompt(args: argparse.Namespace) -> int:
+    from capmill.data.fetch import load
+    from capmill.data.sources import SourceOptions, open_sources
+    from capmill.run.workers import load_item
+
+    captioner = make_captioner(captioner_kwargs(args))
+    source = open_sources(
+        args.inputs, SourceOptions(mode=captioner.mode, text_column=args.text_column, image_column=args.image_column)
+    )
+    for item in source:
+        if item.kind == "text":
+            load(item)
+        else:
+            from capmill.data.fetch import FetchOptions
+            from capmill.data.images import DecodeOptions
+
+            item, error, _ = load_item(item, DecodeOptions(), FetchOptions())
+            if error is not None:
+                raise error
+        print(captioner.render_prompt(item, captioner.mode))
+        return 0
+    raise ConfigError("no input found to render a prompt for")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.show_prompt:
+        return show_prompt(args)
+    from capmill.data.fetch import FetchOptions
+    from capmill.data.images import DEFAULT_MAX_PIXELS, DecodeOptions
+    from capmill.data.sources import SourceOptions
+    from capmill.run import RUNNERS
+    from capmill.run.local import CaptionJob
+    from capmill.run.pipeline import PipelineOptions
+
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    kinds = tuple(k.strip() for k in args.sidecar_kinds.split(",") if k.strip())
+    if not kinds or set(kinds) - {"txt", "json"}:
+        raise ConfigError("--sidecar-kinds takes txt, json or txt,json")
+    runner_cls = RUNNERS.get(args.runner)
+    run_dir, fmt, out_file, temporary = _outputs(args)
+    kwargs = captioner_kwargs(args)
+    probe_mode = args.mode or "caption"
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    job = CaptionJob(
+        inputs=list(args.inputs),
+        make_captioner=lambda: make_captioner(kwargs),
+        run_dir=run_dir,
+        fmt=fmt,
+        shard_size=args.shard_size,
+        source=SourceOptions(
+            mode=probe_mode,
+            recursive=args.recursive,
+            id_column=args.id_column,
+            image_column=args.image_column,
+            text_column=args.text_column,
+            split=args.split,
+        ),
+        pipeline=PipelineOptions(
+            mode=args.mode,
+            batch_size=args.batch_size,
+            workers=workers,
+            decode=DecodeOptions(
+                max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, resize_max_side=args.resize_max_side, draft=args.draft
+            ),
+            fetch=FetchOptions(
+                timeout=args.timeout, retries=args.retries, max_bytes=int(args.max_download_mb * 1024 * 1024)
+            ),
+        ),
+        out_file=out_file,
+        sidecar={"kinds": kinds, "overwrite": args.overwrite_sidecars},
+        progress=False if args.quiet else None,
+    )
+    try:
+        summary = runner_cls(job).run()
+        if temporary:
+            from capmill.data.runfolder import read_records
+
+            for record in read_records(run_dir):
+                sys.stdout.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    finally:
+        if temporary:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.quiet:
+        run_info = summary.get("run", {})
+        where = out_file or ("stdout" if temporary else run_dir)
+        print(
+            f"capmill caption: {run_info.get('records', 0)} records {run_info.get('by_status', {})} -> {where}",
+            file=sys.stderr,
+        )
+    return 0

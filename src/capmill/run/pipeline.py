@@ -1,0 +1,304 @@
+"""The streaming pipeline: sources -> decode workers -> batches -> engine -> parse -> run folder, bounded throughout.
+
+Four threads and a process pool keep the model busy: a feeder reads the sources and submits fetch+decode jobs to
+worker processes; a batcher takes decoded items in order, deduplicates by content, calls `Captioner.prepare` and
+forms batches; the calling thread only runs `Captioner.generate`; a writer calls `Captioner.finish` and hands
+records to the run folder. Every queue is bounded, so memory does not grow with the number of inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from capmill.data.fetch import FetchOptions
+from capmill.data.images import DecodeOptions
+from capmill.data.runfolder import RunFolder
+from capmill.errors import InputError
+from capmill.records import Generation, Item, Record, Request
+from capmill.run.stats import Stats
+from capmill.run.workers import done_future, load_item, make_pool
+
+_END = object()
+
+
+class CaptionerLike(Protocol):
+    """What the pipeline needs of `capmill.captioner.Captioner`."""
+
+    def prepare(self, item: Item, mode: str) -> Request: ...
+    def generate(self, requests: list[Request]) -> list[Generation]: ...
+    def finish(self, item: Item, request: Request, generation: Generation) -> Record: ...
+    def error_record(self, item: Item, error: Exception) -> Record: ...
+
+
+@dataclass
+class PipelineOptions:
+    mode: str | None = None  # None: the captioner's own mode
+    batch_size: int = 8
+    workers: int = 1  # fetch+decode processes; 0 decodes in a thread of this process
+    prefetch: int | None = None  # decoded items held ahead of the model (default: 4 batches)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    recent_records: int = 256  # records kept for duplicates that arrive soon after their original
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Pipeline:
+    """Runs one session over `source` into `out`; `run()` returns the session's Stats."""
+
+    def __init__(
+        self,
+        captioner: CaptionerLike,
+        source: Iterable[Item],
+        out: RunFolder,
+        options: PipelineOptions | None = None,
+        *,
+        stats: Stats | None = None,
+        on_progress: Callable[[Stats], None] | None = None,
+    ):
+        self.captioner, self.source, self.out = captioner, source, out
+        self.options = options or PipelineOptions()
+        self.stats = stats or Stats()
+        self.on_progress = on_progress or (lambda stats: None)
+        prefetch = self.options.prefetch or max(8, 4 * self.options.batch_size)
+        self._loaded: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._batches: queue.Queue = queue.Queue(maxsize=2)
+        self._records: queue.Queue = queue.Queue(maxsize=4 * self.options.batch_size + 16)
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        # deduplication state: keys sent to the model this session, followers waiting for their original
+        self._sent: set[str] = set()
+        self._waiting: dict[str, list[Item]] = {}
+        # every finished original of the open (uncommitted) shard must stay findable here
+        self._recent_size = max(self.options.recent_records, out.shard_size + 1)
+        self._recent: OrderedDict[str, Record] = OrderedDict()
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def _put(self, q: queue.Queue, value: Any) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                q.put(value, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue) -> Any:
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        def body() -> None:
+            try:
+                target()
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                self._errors.append(exc)
+                self._stop.set()
+
+        thread = threading.Thread(target=body, name=f"capmill-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def _feed(self, pool: Executor) -> None:
+        """Read the sources, skip what is done, submit fetch+decode jobs (blocking when the queue is full)."""
+        seen: set[str] = set()
+        opts = self.options
+        for item in self.source:
+            self.stats.seen += 1
+            if item.id in seen:
+                self.stats.duplicate_ids += 1
+                continue
+            seen.add(item.id)
+            if self.out.is_done(item.id):
+                self.stats.skipped_done += 1
+                continue
+            needs_work = item.error is None and (item.kind != "text" or item.text is None)
+            future = pool.submit(load_item, item, opts.decode, opts.fetch) if needs_work else done_future(item)
+            self._put(self._loaded, future)
+        self._put(self._loaded, _END)
+
+    def _batch(self) -> None:
+        """Decoded items in input order -> deduplicate -> prepare -> batches for the model."""
+        batch: list[tuple[Item, Request]] = []
+        while True:
+            future = self._get(self._loaded)
+            if future is _END:
+                break
+            item, error, seconds = future.result()
+            self.stats.add_time("read", seconds)
+            if error is not None:
+                self._put(self._records, ("error", item, error))
+                continue
+            key = item.content_hash
+            if key in self._sent or self.out.ledger.find_key(self.out.key_for(key)) is not None:
+                self.stats.duplicates += 1
+                self._put(self._records, ("copy", item, None))
+                continue
+            self._sent.add(key)
+            start = time.perf_counter()
+            try:
+                request = self.captioner.prepare(item, self.options.mode)
+            except InputError as exc:
+                self._put(self._records, ("error", item, exc))
+                continue
+            finally:
+                self.stats.add_time("preprocess", time.perf_counter() - start)
+            item.image = None  # the request holds what the model needs
+            if not self.out.wants_media:
+                item.data = None
+            batch.append((item, request))
+            if len(batch) >= self.options.batch_size:
+                self._put(self._batches, batch)
+                batch = []
+        if batch:
+            self._put(self._batches, batch)
+        self._put(self._batches, _END)
+
+    def _generate(self) -> None:
+        """The calling thread: keep the engine busy."""
+        loaded = False
+        while True:
+            start = time.perf_counter()
+            batch = self._get(self._batches)
+            self.stats.add_time("wait", time.perf_counter() - start)
+            if batch is _END:
+                break
+            if not loaded:
+                loaded = True
+                self._load_engine()
+            start = time.perf_counter()
+            generations = self.captioner.generate([request for _, request in batch])
+            self.stats.add_time("engine", time.perf_counter() - start)
+            if len(generations) != len(batch):
+                raise RuntimeError(f"engine returned {len(generations)} generations for {len(batch)} requests")
+            for generation in generations:
+                self._account(generation)
+            self._put(self._records, ("generated", batch, generations))
+        self._put(self._records, _END)
+
+    def _load_engine(self) -> None:
+        """Load the weights when the first batch is ready: a resumed run with nothing left loads nothing."""
+        if isinstance(getattr(type(self.captioner), "engine", None), property):
+            start = time.perf_counter()
+            _ = self.captioner.engine  # type: ignore[attr-defined]
+            self.stats.add_time("load", time.perf_counter() - start)
+
+    def _account(self, generation: Generation) -> None:
+        t = generation.timings
+        with self.stats.lock:
+            self.stats.prompt_tokens += generation.prompt_tokens
+            self.stats.completion_tokens += generation.completion_tokens
+            self.stats.captioned += 1
+            for ours, theirs in (
+                ("engine_preprocess", "preprocess"),
+                ("prefill", "prefill"),
+                ("generate", "generate"),
+                ("engine_decode", "decode"),
+            ):
+                value = t.get(theirs)
+                if isinstance(value, (int, float)):
+                    self.stats.times[ours] += float(value)
+
+    def _write(self) -> None:
+        """Parse, copy records to duplicates, and hand everything to the run folder."""
+        while True:
+            message = self._get(self._records)
+            if message is _END:
+                break
+            kind = message[0]
+            if kind == "generated":
+                for (item, request), generation in zip(message[1], message[2], strict=True):
+                    start = time.perf_counter()
+                    record = self.captioner.finish(item, request, generation)
+                    self.stats.add_time("parse", time.perf_counter() - start)
+                    self._emit(item, record, _generation_reason(record, generation))
+                    self._remember(item.content_hash, record)
+            elif kind == "error":
+                item, error = message[1], message[2]
+                self._emit(item, self.captioner.error_record(item, error), getattr(error, "reason", None) or "error")
+            else:
+                self._copy(message[1])
+        if self._waiting:  # cannot happen unless an original was lost; never drop an input silently
+            raise RuntimeError(f"{sum(map(len, self._waiting.values()))} duplicate inputs lost their original")
+
+    def _emit(self, item: Item, record: Record, reason: str | None) -> None:
+        start = time.perf_counter()
+        self.out.add(record, item.data, reason)
+        self.stats.add_time("write", time.perf_counter() - start)
+        self.stats.count_record(record.status, reason if record.status == "error" else None)
+        self.on_progress(self.stats)
+
+    def _remember(self, content_hash: str, record: Record) -> None:
+        self._recent[content_hash] = record
+        if len(self._recent) > self._recent_size:
+            self._recent.popitem(last=False)
+        for follower in self._waiting.pop(content_hash, []):
+            self._emit(follower, _copy_for(follower, record), None)
+
+    def _copy(self, item: Item) -> None:
+        key = item.content_hash
+        original = self._recent.get(key) or self.out.find_record(self.out.key_for(key), include_errors=True)
+        if original is None:
+            self._waiting.setdefault(key, []).append(item)  # its original is still in the model
+        else:
+            self._emit(item, _copy_for(item, original), None)
+
+    # -- driver ----------------------------------------------------------------------------------------
+    def run(self) -> Stats:
+        """Run to the end of the sources. On any failure, what was finished is still committed."""
+        pool = make_pool(self.options.workers)
+        threads = [
+            self._thread(lambda: self._feed(pool), "feed"),
+            self._thread(self._batch, "batch"),
+            self._thread(self._write, "write"),
+        ]
+        try:
+            self._generate()
+            threads[2].join()
+        except _Stopped:
+            pass
+        except BaseException:
+            self._stop.set()
+            raise
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.out.commit()  # everything already handed to the run folder is complete: keep it
+        if self._errors:
+            raise self._errors[0]
+        self.out.close()
+        return self.stats
+
+
+def _generation_reason(record: Record, generation: Generation) -> str | None:
+    if record.status != "error":
+        return None
+    return "engine error" if generation.error else None
+
+
+def _copy_for(item: Item, original: Record) -> Record:
+    """The record of a duplicate input: the original's caption under the duplicate's own id and source."""
+    meta = {k: v for k, v in item.meta.items() if isinstance(v, (str, int, float, bool))}
+    meta["duplicate_of"] = original.id
+    return dataclasses.replace(original, id=item.id, source=item.source, meta=meta, timings={}, tokens={})
