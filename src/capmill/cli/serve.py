@@ -33,6 +33,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="device for the model (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", help="model dtype (default: the profile's)")
     parser.add_argument("--scaffold", help="JSON captioner scaffold file (system prompt + tools)")
+    parser.add_argument("--max-new-tokens", type=int, help="new tokens per caption (default: the profile's)")
     parser.add_argument("--log-level", default="info")
 
 
@@ -42,7 +43,12 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
 
     if not args.model and not args.browse:
         raise ConfigError("capmill serve needs --model M (to caption) or --browse RUN_DIR (to look at a run)")
-    options = {k: getattr(args, k) for k in ("device", "dtype", "scaffold") if getattr(args, k, None)}
+    options: dict = {"scaffold": args.scaffold} if args.scaffold else {}
+    engine_options = {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None)}
+    if engine_options:
+        options["engine_options"] = engine_options
+    if args.max_new_tokens:
+        options["decoding"] = {"max_new_tokens": args.max_new_tokens}
     return ServeConfig(
         model=args.model,
         profile=args.profile,

@@ -14,8 +14,16 @@ from capmill.serve.metrics import Metrics
 def load_captioner(config: ServeConfig) -> Any:
     """The real Captioner for the configured model (loads the checkpoint; slow)."""
     from capmill.captioner import Captioner
+    from capmill.engines import ENGINES
 
-    return Captioner(model=config.model, profile=config.profile, engine=config.engine, **config.captioner_options)
+    options = dict(config.captioner_options)
+    engine_options = dict(options.pop("engine_options", {}))
+    # An engine that splits large batches must not split the server's batches below --max-batch.
+    if "max_batch_size" in ENGINES.get(config.engine).Options.model_fields:
+        engine_options.setdefault("max_batch_size", config.max_batch)
+    return Captioner(
+        model=config.model, profile=config.profile, engine=config.engine, engine_options=engine_options, **options
+    )
 
 
 def create_app(config: ServeConfig, captioner: Any | None = None) -> Any:

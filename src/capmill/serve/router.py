@@ -9,10 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import ValidationError
 
 from capmill.errors import InputError
 from capmill.serve import limits
-from capmill.serve.httperrors import HTTPProblem, bad_request, error_body, problem_for
+from capmill.serve.httperrors import HTTPProblem, bad_request, error_body, problem_for, validation_message
 from capmill.serve.protocol import (
     AssistantMessage,
     CaptionInfo,
@@ -203,7 +204,11 @@ async def captions(request: Request) -> Any:
         raw = await request.body()
         if not raw:
             raise bad_request("send an image: multipart field 'file', or JSON {\"image\": base64}")
-        body = CaptionRequest.model_validate_json(raw)
+        try:
+            body = CaptionRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            message, param = validation_message(exc.errors())
+            raise bad_request(message, param) from exc
         service.check_model(body.model)
         if (body.image is None) == (body.text is None):
             raise bad_request("send exactly one of 'image' (base64) or 'text'", "image")

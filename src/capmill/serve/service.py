@@ -142,6 +142,10 @@ class CaptionService:
 
     def check_mode(self, mode: str | None, *, has_text: bool) -> str:
         modes = tuple(self.profile.modes)
+        if has_text and "text" not in modes:
+            raise bad_request(
+                f"profile {self.profile.name} does not caption text; its modes: {', '.join(modes)}", "text"
+            )
         if mode is None:
             mode = "text" if has_text and "text" in modes else self.profile.default_mode
         if mode not in modes:
