@@ -120,7 +120,7 @@ class Captioner:
         if hasattr(value, "size") and hasattr(value, "mode") and hasattr(value, "tobytes"):  # PIL image
             digest = sha256_hex(f"{value.mode}:{value.size}".encode() + value.tobytes())
             return Item(
-                id=f"image-{index}", source=f"<image {index}>", kind="image", meta={"image": value}, _hash=digest
+                id=f"image-{index}", source=f"<image {index}>", kind="image", image=value, _hash=digest
             )
         text = str(value)
         path = Path(text)
@@ -170,7 +170,7 @@ class Captioner:
                 max_frames=self.max_video_frames,
             )
             return self.family.build_request(item.id, prompt=self.prompt(mode), videos=[frames], **common)
-        image = item.meta.get("image")
+        image = item.image
         if image is None:
             from capmill.data.images import decode_image
 

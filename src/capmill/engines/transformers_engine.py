@@ -55,9 +55,6 @@ class TransformersEngine(Engine):
         self.dtype = _dtype(opts.dtype, self.device)
         self.processor = self.family.load_processor(model, trust_remote_code=opts.trust_remote_code)
         self.tokenizer = self.family.tokenizer(self.processor)
-        self.tokenizer.padding_side = "left"  # decoder-only batches: prompts end where generation starts
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
         self.attn_implementation = opts.attn_implementation or _best_attention(self.device, self.dtype)
         self.model = self._load_model(model)
         self._seen_stop_warning = False

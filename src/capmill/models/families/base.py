@@ -102,9 +102,18 @@ class Family:
         from transformers import AutoProcessor
 
         try:
-            return AutoProcessor.from_pretrained(model, **kwargs)
+            processor = AutoProcessor.from_pretrained(model, **kwargs)
         except Exception as exc:
             raise ModelLoadError(f"{model}: could not load its processor ({type(exc).__name__}: {exc})") from exc
+        return self.setup_padding(processor)
+
+    def setup_padding(self, processor: Any) -> Any:
+        """Left padding (prompts end where generation starts), pad token falling back to eos, as the cards do."""
+        tokenizer = self.tokenizer(processor)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token_id = tokenizer.eos_token_id
+        return processor
 
     def render(self, processor: Any, request: Request) -> str:
         """The exact prompt text the model sees (placeholders as the chat template writes them)."""
@@ -128,7 +137,7 @@ class Family:
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            padding=True,
+            processor_kwargs={"padding": True},
             **requests[0].chat_kwargs,
         )
 

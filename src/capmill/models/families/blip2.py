@@ -33,9 +33,10 @@ class Blip2Family(Family):
         from transformers import Blip2Processor
 
         try:
-            return Blip2Processor.from_pretrained(model, **kwargs)
+            processor = Blip2Processor.from_pretrained(model, **kwargs)
         except Exception as exc:
             raise ModelLoadError(f"{model}: could not load a Blip2Processor ({type(exc).__name__}: {exc})") from exc
+        return self.setup_padding(processor)
 
     def render(self, processor: Any, request: Request) -> str:
         return request.prompt_text or ""

@@ -32,9 +32,7 @@ class Qwen35Family(Family):
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            padding=True,
-            do_sample_frames=False,
-            video_metadata=metadata,
+            processor_kwargs={"padding": True, "do_sample_frames": False, "video_metadata": metadata},
             **requests[0].chat_kwargs,
         )
 
