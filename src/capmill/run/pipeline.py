@@ -234,7 +234,9 @@ class Pipeline:
                     self._remember(item.content_hash, record)
             elif kind == "error":
                 item, error = message[1], message[2]
-                self._emit(item, self.captioner.error_record(item, error), getattr(error, "reason", None) or "error")
+                self._emit(
+                    item, self.captioner.error_record(item, str(error)), getattr(error, "reason", None) or "error"
+                )
             else:
                 self._copy(message[1])
         if self._waiting:  # cannot happen unless an original was lost; never drop an input silently

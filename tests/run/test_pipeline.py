@@ -1,0 +1,207 @@
+"""The pipeline end to end on real files with the real Captioner (prepare, parse) and a scripted engine.
+
+Covers issue 4: every bad input is a record with a reason and the run goes on; duplicates are captioned once and
+every copy gets its record; a rerun resumes without redoing anything; a crashed engine loses nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+from local_http import serve  # noqa: E402
+from make_inputs import BAD, COCO, GOOD, jpeg, make_inputs  # noqa: E402
+from run_scripted import SCAFFOLD, ScriptedEngine, captioner, model_dir  # noqa: E402
+
+from capmill.data.fetch import FetchOptions  # noqa: E402
+from capmill.data.images import DecodeOptions  # noqa: E402
+from capmill.data.runfolder import read_records  # noqa: E402
+from capmill.data.sources import SourceOptions  # noqa: E402
+from capmill.errors import EngineError, RunConflictError  # noqa: E402
+from capmill.run.local import CaptionJob, LocalRunner  # noqa: E402
+from capmill.run.pipeline import PipelineOptions  # noqa: E402
+
+PHOTOS = sorted(COCO.glob("*.jpg"))[:3]
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    ScriptedEngine.reset()
+    yield
+    ScriptedEngine.reset()
+
+
+def job(inputs, run_dir, model, workers=0, shard_size=4, batch_size=3, mode=None, **captioner_kwargs):
+    return CaptionJob(
+        inputs=[str(i) for i in inputs],
+        make_captioner=lambda: captioner(model, mode=mode, **captioner_kwargs),
+        run_dir=str(run_dir),
+        shard_size=shard_size,
+        source=SourceOptions(mode=mode or "caption"),
+        pipeline=PipelineOptions(
+            batch_size=batch_size,
+            workers=workers,
+            decode=DecodeOptions(max_pixels=10_000_000),
+            fetch=FetchOptions(timeout=0.5, retries=0),
+        ),
+        progress=False,
+    )
+
+
+def by_id(run_dir):
+    out = {}
+    for record in read_records(str(run_dir)):
+        assert record.id not in out, f"{record.id} written twice"
+        out[record.id] = record
+    return out
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_every_bad_input_is_a_record_and_the_run_goes_on(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = make_inputs(tmp_path / "in")
+    for photo in PHOTOS:
+        shutil.copy(photo, folder / photo.name)
+    shutil.copy(PHOTOS[0], folder / "copy_of_first.jpg")  # a duplicate: captioned once, two records
+    pq.write_table(
+        pa.Table.from_pylist([{"id": "row-ok", "image": jpeg()}, {"id": "row-null", "image": None}]),
+        tmp_path / "t.parquet",
+    )
+    _tar(tmp_path / "s.tar", [("ok.jpg", jpeg((9, 9, 9))), ("notimg.jpg", b"plain text"), ("meta.cls", b"1")])
+    with serve() as base:
+        (tmp_path / "urls.txt").write_text(f"{base}/img/3.jpg\n{base}/missing.jpg\n{base}/slow.jpg\n")
+        inputs = [folder, tmp_path / "t.parquet", tmp_path / "s.tar", tmp_path / "urls.txt"]
+        summary = LocalRunner(job(inputs, tmp_path / "run", model_dir(tmp_path / "m"), workers=1)).run()
+    records = by_id(tmp_path / "run")
+    reasons = {Path(i).name.split("#")[-1]: r.error for i, r in records.items() if r.status == "error"}
+    for name, reason in BAD.items():
+        assert reason in reasons.pop(name), name
+    assert reason_of(reasons.pop("row-null")) == "corrupt row"
+    assert reason_of(reasons.pop("notimg")) == "not an image"
+    assert reason_of(reasons.pop("meta")) == "not an image"  # a sample with no image member
+    assert reason_of(reasons.pop("missing.jpg")) == "http 404"
+    assert reason_of(reasons.pop("slow.jpg")) == "timeout"
+    assert reasons == {}
+    ok = {Path(i).name: r for i, r in records.items() if r.status == "ok"}
+    assert set(ok) >= {*GOOD, *(p.name for p in PHOTOS), "copy_of_first.jpg", "row-ok", "3.jpg"}
+    # the duplicate: the model saw it once, both inputs have the same caption
+    assert ok["copy_of_first.jpg"].caption == ok[PHOTOS[0].name].caption
+    assert ok["copy_of_first.jpg"].meta["duplicate_of"] == str(folder / PHOTOS[0].name)
+    seen = [Path(i).name for i in ScriptedEngine.calls]
+    assert seen.count(PHOTOS[0].name) + seen.count("copy_of_first.jpg") == 1
+    run = summary["run"]
+    assert run["records"] == len(records) and run["by_status"]["error"] == sum(run["errors_by_reason"].values())
+    assert run["errors_by_reason"]["corrupt row"] == 1 and run["errors_by_reason"]["timeout"] == 1
+    assert summary["session"]["time_s"]["read"] > 0 and summary["session"]["tokens_per_s"] > 0
+
+
+def reason_of(error: str) -> str:
+    return error.split(": ", 1)[1].split(" (")[0]
+
+
+def test_exif_rotated_image_reaches_the_model_upright(tmp_path):
+    from make_inputs import exif_rotated
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "r.jpg").write_bytes(exif_rotated())
+    LocalRunner(job([tmp_path / "in"], tmp_path / "run", model_dir(tmp_path / "m"))).run()
+    (record,) = by_id(tmp_path / "run").values()
+    width, height = map(int, record.caption.split()[1].split("x"))
+    red, green, blue = map(int, record.caption.split()[-1].split(","))
+    assert height > width and red > 150 and blue < 100  # portrait, red half on top
+
+
+def test_rerun_resumes_and_redoes_nothing(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"{i}.jpg").write_bytes(jpeg((i * 30, 0, 0)))
+    model = model_dir(tmp_path / "m")
+    LocalRunner(job([folder], tmp_path / "run", model)).run()
+    assert len(ScriptedEngine.calls) == 7
+    again = LocalRunner(job([folder], tmp_path / "run", model)).run()
+    assert len(ScriptedEngine.calls) == 7 and again["session"]["skipped_done"] == 7
+    (folder / "new.jpg").write_bytes(jpeg((1, 2, 3)))
+    (folder / "same_as_0.jpg").write_bytes((folder / "0.jpg").read_bytes())
+    third = LocalRunner(job([folder], tmp_path / "run", model)).run()
+    assert [Path(i).name for i in ScriptedEngine.calls[7:]] == ["new.jpg"]  # the copy comes from the ledger
+    assert third["session"]["duplicates_copied"] == 1
+    records = by_id(tmp_path / "run")
+    assert (
+        len(records) == 9 and records[str(folder / "same_as_0.jpg")].caption == records[str(folder / "0.jpg")].caption
+    )
+    with pytest.raises(RunConflictError, match="decoding"):
+        LocalRunner(job([folder], tmp_path / "run", model, decoding={"max_new_tokens": 5})).run()
+
+
+def test_engine_crash_keeps_what_was_finished(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"{i:02d}.jpg").write_bytes(jpeg((i * 20, 5, 5)))
+    model = model_dir(tmp_path / "m")
+    ScriptedEngine.fail_batches.add(2)
+    with pytest.raises(EngineError):
+        LocalRunner(job([folder], tmp_path / "run", model, batch_size=2, shard_size=3)).run()
+    kept = by_id(tmp_path / "run")
+    assert len(kept) == 4  # two batches finished before the engine died: written, none lost
+    ScriptedEngine.reset()
+    LocalRunner(job([folder], tmp_path / "run", model, batch_size=2, shard_size=3)).run()
+    assert len(by_id(tmp_path / "run")) == 10 and len(ScriptedEngine.calls) == 6
+
+
+def test_per_item_engine_error_is_a_record(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "engine-fail.jpg").write_bytes(jpeg((1, 1, 1)))
+    (folder / "fine.jpg").write_bytes(jpeg((200, 1, 1)))
+    summary = LocalRunner(job([folder], tmp_path / "run", model_dir(tmp_path / "m"))).run()
+    assert summary["run"]["errors_by_reason"] == {"engine error": 1} and summary["run"]["by_status"]["ok"] == 1
+
+
+def test_text_mode_structured_through_the_pipeline(tmp_path):
+    (tmp_path / "caps.txt").write_text("a brown dog on a red sofa\na bus in the rain\n")
+    model = model_dir(tmp_path / "m", "qwen3_5")
+    LocalRunner(
+        job(
+            [tmp_path / "caps.txt"],
+            tmp_path / "run",
+            model,
+            mode="text",
+            profile="json-captioner",
+            scaffold=str(SCAFFOLD),
+        )
+    ).run()
+    records = list(read_records(str(tmp_path / "run")))
+    assert [r.status for r in records] == ["ok", "ok"]
+    assert records[0].structured["setting"] == "indoor" and "sofa" in records[0].raw
+    assert records[0].mode == "text"
+
+
+def test_progress_plain_lines():
+    from capmill.run.progress import Progress
+    from capmill.run.stats import Stats
+
+    stream = io.StringIO()
+    stats = Stats(total=10, written=4)
+    stats.status["error"] = 1
+    progress = Progress(stream, rich=False, interval=0)
+    progress.update(stats)
+    progress.close(stats)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("capmill: 4/10 done (0 resumed, 1 errors)") and "img/s" in lines[0]
