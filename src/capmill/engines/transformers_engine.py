@@ -145,6 +145,9 @@ class TransformersEngine(Engine):
         if out.shape[1] >= input_ids.shape[1] and torch.equal(out[:, : input_ids.shape[1]], input_ids):
             new = out[:, input_ids.shape[1] :]  # decoder-only: the prompt comes back first
         texts = self.family.decode(self.processor, new)
+        start = getattr(self.model.generation_config, "decoder_start_token_id", None)
+        if new is out and start is not None and new.shape[1] and bool((new[:, 0] == start).all()):
+            new = new[:, 1:]  # encoder-decoder (BLIP-2 T5): the decoder start token is not generated text
         t3 = time.perf_counter()
         n = len(batch)
         mask = inputs.get("attention_mask")
@@ -182,11 +185,17 @@ class TransformersEngine(Engine):
             kwargs["tokenizer"] = self.tokenizer
         constraints = [r.constraint for r in batch]
         if any(constraints):
-            processor = _constraint_processor(self.tokenizer, constraints)
-            if processor is not None:
-                from transformers import LogitsProcessorList
+            from transformers import LogitsProcessorList
 
-                kwargs["logits_processor"] = LogitsProcessorList([processor])
+            from capmill.engines.constrained import logits_processors
+
+            processor = logits_processors(
+                self.tokenizer,
+                constraints,
+                max_new_tokens=decoding.max_new_tokens,  # outputs close within budget instead of being cut
+                eos_token_id=self.model.generation_config.eos_token_id,
+            )
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
         return kwargs
 
     def _completion(self, row: list[int], text: str, decoding: Decoding) -> tuple[int, str]:
@@ -206,15 +215,6 @@ class TransformersEngine(Engine):
     def close(self) -> None:
         self.model = None
         self.processor = None
-
-
-def _constraint_processor(tokenizer: Any, constraints: list[Any]) -> Any:
-    """The scale-out engineer's hook; constrained decoding is skipped when it is not installed."""
-    try:
-        from capmill.engines import constrained
-    except ImportError:
-        return None
-    return constrained.logits_processors(tokenizer, constraints)
 
 
 def _failed(exc: Exception) -> Generation:
