@@ -26,6 +26,8 @@ BUILDERS = {
     "blip2": "capmill.testing.blip2:build_blip2",
 }
 ARCHS = tuple(BUILDERS)
+ATTENTION_OUTPUTS = ("self_attn.o_proj", "linear_attn.out_proj")
+ATTENTION_OUTPUT_GAIN = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +42,7 @@ class TinySizes:
     vision_hidden_size: int = 32
     vision_layers: int = 1
     vision_heads: int = 1
-    # "small": the first 4096 ranks of the real Qwen vocabulary (+ specials); "full": all of it; an int: that many.
+    # "small": the first 8192 ranks of the real Qwen vocabulary (+ specials); "full": all of it; an int: that many.
     vocab: str | int = "small"
     # Upper bound on vision tokens the language model sees per image (Qwen: merged patches; InternVL: per tile).
     image_tokens: int = 48
@@ -61,7 +63,7 @@ class TinySizes:
 
     def n_ranks(self) -> int | None:
         if self.vocab == "small":
-            return 4096
+            return 8192
         if self.vocab == "full":
             return None
         if isinstance(self.vocab, int) and self.vocab >= 256:
@@ -136,6 +138,12 @@ def scale_weights(model, s: TinySizes, never_emit: list[int]) -> None:
             elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 fan_in = mod.weight[0].numel()
                 mod.weight.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=gen)
+        # Attention averages many positions, so its output is small next to the token's own embedding and a
+        # changed word far back barely moves the argmax; a gain on the language model's attention outputs makes
+        # the context count (measured on COCO photos: 7-9 of 9 image/prompt pairs give distinct outputs vs 3-5).
+        for name, mod in model.named_modules():
+            if name.endswith(ATTENTION_OUTPUTS) and not any(v in name for v in ("visual", "vision")):
+                mod.weight.mul_(ATTENTION_OUTPUT_GAIN)
         head.weight.normal_(0.0, s.logit_scale / math.sqrt(head.in_features), generator=gen)
         if not s.emit_eos and never_emit:
             head.weight[torch.tensor(sorted(set(never_emit)))] = 0.0

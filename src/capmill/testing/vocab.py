@@ -48,7 +48,8 @@ QWEN2_5_VL_SPECIALS = QWEN2_VL_SPECIALS + QWEN2_5_EXTRA
 QWEN3_SPECIALS = QWEN2_5_VL_SPECIALS + QWEN3_EXTRA
 # InternVL3.5 (Qwen3 language model) appends its image and grounding tokens after Qwen3's.
 INTERNVL_EXTRA = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
-INTERNVL3_5_SPECIALS = QWEN3_SPECIALS + INTERNVL_EXTRA
+# "<video>" is what the HF conversion adds last, for InternVLProcessor's video placeholder.
+INTERNVL3_5_SPECIALS = QWEN3_SPECIALS + INTERNVL_EXTRA + ("<video>",)
 # Qwen3.5's 33 added tokens (248044..248076), in order.
 QWEN3_5_SPECIALS = (
     QWEN2_5_VL_SPECIALS
@@ -81,7 +82,7 @@ def _byte_to_unicode() -> dict[int, str]:
             keep.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(keep, (chr(c) for c in chars)))
+    return dict(zip(keep, (chr(c) for c in chars), strict=True))
 
 
 def _rank_file(family: str) -> Path:
@@ -178,6 +179,7 @@ def qwen_tokenizer(
     pad_token: str = "<|endoftext|>",
     non_special: frozenset[str] = QWEN_NON_SPECIAL,
     model_max_length: int = 32768,
+    extra_special_tokens: dict[str, str] | None = None,
 ):
     """A transformers Qwen tokenizer over the (possibly truncated) real vocabulary plus ``specials`` in order."""
     import transformers
@@ -197,6 +199,7 @@ def qwen_tokenizer(
         pad_token=pad_token,
         unk_token=None,
         model_max_length=model_max_length,
+        **({"extra_special_tokens": extra_special_tokens} if extra_special_tokens else {}),
     )
     tok._tokenizer.model.ignore_merges = True  # a whole pre-token found in the vocabulary wins, as in tiktoken
     tok.add_tokens([AddedToken(t, special=t not in non_special, normalized=False) for t in specials])
