@@ -38,6 +38,7 @@ class Captioner:
         video_fps: float | None = None,
         video_frames: int | None = None,
         max_video_frames: int = 64,
+        constrained: bool = False,
     ):
         self.profile = resolve_profile(model or "", profile)
         model = model or self.profile.default_model
@@ -55,6 +56,7 @@ class Captioner:
         self.decoding = _decoding(self.profile.decoding, decoding)
         self.video_fps, self.video_frames, self.max_video_frames = video_fps, video_frames, max_video_frames
         self._prompt_override = prompt
+        self.constrained = bool(constrained)
         self.scaffold = None
         if self.profile.needs_scaffold:
             from capmill.models.scaffold import load_scaffold
@@ -62,6 +64,7 @@ class Captioner:
             self.scaffold = load_scaffold(scaffold)
         self.family_name = self._family_name()
         self.family = get_family(self.family_name)
+        self._constraint = self._make_constraint() if self.constrained else None
         self._engine: Any = None
         self._processor: Any = None
 
@@ -109,8 +112,25 @@ class Captioner:
                 "tools": self.tools(),
                 "prompt": self.prompt(mode),
                 "chat_kwargs": self.profile.chat_kwargs,
+                # only when on, so the hash (and the resume key) of unconstrained runs stays what it was
+                **({"constrained": True} if self.constrained else {}),
             }
         )
+
+    def _make_constraint(self) -> dict[str, Any]:
+        """--constrained: hold every output to the profile's tool call (ConfigError where that means nothing)."""
+        from capmill.engines import ENGINES
+
+        if self.profile.output != "tool_call":
+            raise ConfigError(
+                f"--constrained holds structured output to its schema; profile {self.profile.name!r} writes free text"
+            )
+        if not ENGINES.get(self.engine_name).supports_constrained:
+            raise ConfigError(f"engine {self.engine_name!r} cannot constrain decoding; use --engine transformers")
+        from capmill.schema import EMIT_CAPTION_TOOL, TOOL_NAME
+
+        tool = next((t for t in self.tools() or [] if t.get("function", t).get("name") == TOOL_NAME), None)
+        return {"tool_call": tool or EMIT_CAPTION_TOOL}
 
     # ---- inputs ----
     def to_item(self, value: Any, index: int = 0) -> Item:
@@ -138,6 +158,11 @@ class Captioner:
 
     def prepare(self, item: Item, mode: str | None = None) -> Request:
         """Decode the image / video or take the text, and build the card's prompt; InputError when unusable."""
+        request = self._build_request(item, mode)
+        request.constraint = self._constraint
+        return request
+
+    def _build_request(self, item: Item, mode: str | None = None) -> Request:
         mode = mode or self.mode
         if item.error:
             reason, _, detail = item.error.partition(": ")

@@ -319,3 +319,31 @@ def test_tiny_qwen3_5_unconstrained_rows_unchanged_in_a_mixed_batch(captioner, c
     assert a[0].text == b[0].text and a[2].text == b[2].text
     assert b[1].text.startswith("<tool_call>\n<function=emit_caption_schema>\n<parameter=subjects>\n[")
     assert a[1].text != b[1].text
+
+
+# ---------------------------------------------------------------- --constrained through the Captioner and the CLI
+
+
+def test_constrained_needs_a_structured_profile(tiny_model):
+    from capmill.captioner import Captioner
+
+    with pytest.raises(ConfigError, match="free text"):
+        Captioner(model=str(tiny_model("qwen3_5")), profile="generic", prompt="Describe.", constrained=True)
+
+
+@pytest.mark.slow
+def test_cli_constrained_run_gives_only_valid_records(tiny_model, coco_photos, tmp_path):
+    from capmill.captioner import Captioner
+    from capmill.cli.main import main
+    from capmill.data.runfolder import read_records
+
+    model = str(tiny_model("qwen3_5"))
+    out = tmp_path / "captions.jsonl"
+    args = [*map(str, coco_photos[:4]), "--model", model, "--profile", "json-captioner", "--scaffold", SCAFFOLD]
+    args += ["--constrained", "--sample", "--temperature", "2.5", "--seed", "3", "--max-new-tokens", "120"]
+    assert main(["caption", *args, "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    records = list(read_records(str(out) + ".capmill"))
+    assert len(records) == 4
+    assert all(r.status == "ok" and r.structured is not None for r in records), [r.error for r in records]
+    plain = Captioner(model=model, profile="json-captioner", scaffold=SCAFFOLD)
+    assert records[0].prompt_hash != plain.prompt_hash()  # a constrained run never resumes an unconstrained one

@@ -38,6 +38,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scaffold", help="JSON captioner: file with the system prompt row (task_1.jsonl)")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    g.add_argument(
+        "--constrained",
+        action="store_true",
+        help="structured profiles: grammar-constrained decoding, so every output is a valid tool call (llguidance)",
+    )
     d = p.add_argument_group("decoding (defaults from the model card)")
     d.add_argument("--max-new-tokens", type=int)
     sampling = d.add_mutually_exclusive_group()
@@ -100,6 +105,7 @@ def captioner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "video_fps": args.video_fps,
         "video_frames": args.video_frames,
+        **({"constrained": True} if getattr(args, "constrained", False) else {}),
     }
 
 
