@@ -11,6 +11,7 @@ T5's end-of-sequence token, and labelled "approx".
 from __future__ import annotations
 
 import gzip
+import html
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,9 +64,22 @@ def clip_tokenizer():  # noqa: ANN201 - a transformers tokenizer
     return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=[tuple(m.split()) for m in merges])
 
 
+def clip_clean(text: str) -> str:
+    """CLIP's own text clean-up before BPE (ftfy repair, which also straightens quotes, and HTML unescape)."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:  # ftfy comes with open_clip_torch; without it only exotic text counts differ
+        pass
+    return html.unescape(html.unescape(text)).strip()
+
+
 def _clip_encoder() -> LengthEncoder:
     tok = clip_tokenizer()
-    return LengthEncoder("clip", 77, lambda t: len(tok(t)["input_ids"]), "openai/clip BPE (open_clip_torch)", True)
+    return LengthEncoder(
+        "clip", 77, lambda t: len(tok(clip_clean(t))["input_ids"]), "openai/clip BPE (open_clip_torch)", True
+    )
 
 
 def _t5_approx() -> LengthEncoder:
