@@ -57,7 +57,7 @@ def card_caption(model, processor, image_path: str):
 
     # Generate output
     generated_ids = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS)
-    generated_ids_trimmed = [out_ids[len(in_ids) :] for in_ids, out_ids in zip(inputs.input_ids, generated_ids)]
+    generated_ids_trimmed = [out_ids[len(in_ids) :] for in_ids, out_ids in zip(inputs.input_ids, generated_ids)]  # noqa: B905
     output_text = processor.batch_decode(
         generated_ids_trimmed, skip_special_tokens=True, clean_up_tokenization_spaces=False
     )

@@ -131,7 +131,9 @@ def test_text_mode_equals_card_text_input(card, coco_rows, tiny_model):
     )
     from capmill.records import Item
 
-    assert_same_tensors(refs[0][0], cap.family.encode(cap.processor(), [cap.prepare(Item("t", "t", "text", text=captions[0]))]), "text")
+    assert_same_tensors(
+        refs[0][0], cap.family.encode(cap.processor(), [cap.prepare(Item("t", "t", "text", text=captions[0]))]), "text"
+    )
     records = cap.caption(captions)
     assert [r.raw for r in records] == [t for _, t in refs]
     assert all(r.mode == "text" for r in records)
