@@ -55,3 +55,45 @@ def photos() -> list[Path]:
 @pytest.fixture(scope="session")
 def photo_bytes(photos) -> bytes:  # noqa: ANN001
     return photos[0].read_bytes()
+
+
+class _Shared:
+    """The session's captioner lent to a runner, which closes what it is given: closing is left to the owner."""
+
+    def __init__(self, captioner):  # noqa: ANN001
+        self._captioner = captioner
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._captioner, name)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def run_dir(captioner, photos, tmp_path_factory) -> Path:  # noqa: ANN001
+    """A run folder written by the real pipeline (LocalRunner) with the real tiny model: six photos, two bad files."""
+    from capmill.run.local import CaptionJob, LocalRunner
+    from capmill.run.pipeline import PipelineOptions
+
+    inputs = tmp_path_factory.mktemp("browse-inputs")
+    for photo in photos[:6]:
+        (inputs / photo.name).write_bytes(photo.read_bytes())
+    (inputs / "broken.jpg").write_bytes(b"this is not a JPEG")
+    (inputs / "truncated.jpg").write_bytes(photos[6].read_bytes()[:4000])
+    run = tmp_path_factory.mktemp("browse-run")
+    job = CaptionJob(
+        inputs=[str(inputs)],
+        make_captioner=lambda: _Shared(captioner),
+        run_dir=str(run),
+        pipeline=PipelineOptions(workers=0, batch_size=8),
+        progress=False,
+    )
+    LocalRunner(job).run()
+    return run
+
+
+@pytest.fixture(scope="session")
+def browse_server(captioner, run_dir) -> Iterator[Server]:  # noqa: ANN001
+    with serve(captioner, browse_dir=run_dir) as s:
+        yield s
