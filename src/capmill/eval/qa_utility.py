@@ -188,7 +188,7 @@ def parse_choice(text: str, n_choices: int, option_texts: Sequence[str] = ()) ->
     m = re.search(r"answer\s*(?:is|:)\s*\**\(?([A-Z])\b", text, re.IGNORECASE)
     if m and m.group(1).upper() in allowed:
         return allowed.index(m.group(1).upper())
-    m = re.match(r"\s*\(?([A-Z])(?:[).:\s]|$)", text)
+    m = re.match(r"\s*\(?([A-Z])(?:[).:]|\s*$|\s+(?![a-z]))", text)  # "C", "B) ...", not "A dog ..."
     if m and m.group(1) in allowed:
         return allowed.index(m.group(1))
     # a lone capital letter that is not the article "A" or the pronoun "I" starting a sentence

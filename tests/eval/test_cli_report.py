@@ -1,0 +1,76 @@
+"""`capmill eval` end to end on COCO captions: two runs side by side, metrics.json, index.html, worst.html."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from capmill.cli.main import main
+from capmill.eval.coco_metrics import coco_scores
+from capmill.eval.refs import load_references
+
+
+@pytest.fixture(scope="module")
+def report(two_runs, loo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    human, mism = two_runs
+    rc = main(["eval", str(human), str(mism), "--refs", str(loo["refs"]), "--embedder", "all-MiniLM-L6-v2",
+               "--out", str(out), "--worst", "5"])
+    assert rc == 0
+    return out
+
+
+def test_metrics_json_holds_every_number(report, loo):
+    data = json.loads((report / "metrics.json").read_text())
+    human, mism = data["runs"]["human"], data["runs"]["mismatched"]
+    refs = load_references(loo["refs"])
+    # the corpus scores are pycocoevalcap's on the same data (the failed item scored as an empty caption)
+    cands = {str(i): c for i, c in loo["candidates"].items()}
+    cands[list(cands)[-1]] = ""
+    direct = coco_scores({k: refs.captions[k] for k in cands}, cands, ["bleu", "rouge", "cider"])
+    for k in ("Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr"):
+        assert human["coco"][k] == direct.corpus[k]
+    assert "METEOR" in human["coco"] and any("SPICE" in n for n in data["notes"])
+    # a human caption beats a caption of another image on every reference metric and on both distances
+    for k in ("Bleu_1", "METEOR", "ROUGE_L", "CIDEr"):
+        assert human["coco"][k] > mism["coco"][k]
+    assert human["embedding"]["pair_fgd"] < mism["embedding"]["pair_fgd"]
+    assert human["embedding"]["excluded_without_caption"] == 1
+    assert human["matching"] == {"records": 20, "with_references": 20, "without_references": 0, "without_caption": 1}
+    assert mism["structure"]["degenerate_counts"] == {"empty": 0, "repetition_loop": 1, "truncated": 1, "refusal": 1}
+    assert human["structure"]["status_counts"]["error"] == 1
+    item = human["items"][0]
+    assert {"CIDEr", "Bleu_4", "METEOR", "pair_sq_dist", "clip_tokens", "t5_tokens", "references"} <= set(item)
+    assert data["embedder"]["model"] == "all-MiniLM-L6-v2" and data["embedder"]["dim"] == 384
+
+
+def test_html_report_has_tables_plots_and_worst_page(report):
+    index = (report / "index.html").read_text()
+    assert index.count("data:image/png;base64,") >= 4
+    assert "<table>" in index and "Side by side" in index and "per-pair FGD" in index.replace("Per-pair", "per-pair")
+    assert re.search(r"<td class=\"num best\">", index)  # the better run is marked per row
+    worst = (report / "worst.html").read_text()
+    assert worst.count("class='item'") == 10  # five per run
+    assert "data:image/jpeg;base64," in worst  # thumbnails of the credited COCO photos
+    assert "lowest CIDEr" in worst
+
+
+def test_cli_config_errors(tmp_path, capsys, two_runs):
+    human, _ = two_runs
+    assert main(["eval", str(human), "--refs", str(tmp_path / "missing.json")]) == 2
+    assert "references" in capsys.readouterr().err
+    assert main(["eval", str(human), "--metrics", "blue", "--out", str(tmp_path)]) == 2
+    assert "unknown COCO metric 'blue'" in capsys.readouterr().err
+    assert main(["eval", str(human), "--qa", "x.jsonl", "--out", str(tmp_path)]) == 2
+    assert "--qa needs --answerer" in capsys.readouterr().err
+
+
+def test_structure_only_without_references(tmp_path, two_runs):
+    human, _ = two_runs
+    assert main(["eval", str(human), "--out", str(tmp_path / "r")]) == 0
+    data = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    run = data["runs"]["human"]
+    assert "coco" not in run and "embedding" not in run and run["structure"]["records"] == 20
+    assert "Weakest" in (tmp_path / "r" / "worst.html").read_text()
