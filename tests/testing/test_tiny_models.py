@@ -130,3 +130,32 @@ def test_bad_arch_and_bad_size_are_config_errors(tmp_path):
         build_tiny_model("qwen9", tmp_path)
     with pytest.raises(ConfigError, match="hiden_size"):
         build_tiny_model("qwen2_vl", tmp_path, hiden_size=64)
+
+
+def test_saved_chat_templates_are_the_shipped_ones(tiny_model):
+    from capmill.testing.qwen import template
+
+    for arch, name in [
+        ("qwen3_5", "qwen3_5_small.jinja"),
+        ("qwen2_vl", "qwen2_vl.jinja"),
+        ("internvl", "internvl3_5.jinja"),
+    ]:
+        processor = transformers.AutoProcessor.from_pretrained(tiny_model(arch))
+        assert processor.chat_template == template(name)
+    blip = transformers.AutoProcessor.from_pretrained(tiny_model("blip2"))
+    assert getattr(blip, "chat_template", None) is None
+
+
+def test_qwen3_5_prompt_renders_tools_and_closed_think_block(tiny_model):
+    processor = transformers.AutoProcessor.from_pretrained(tiny_model("qwen3_5"))
+    tools = [{"type": "function", "function": {"name": "emit", "parameters": {"type": "object", "properties": {}}}}]
+    messages = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "a dog on a sofa"}]
+    text = processor.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=True, tokenize=False, enable_thinking=False
+    )
+    assert text.startswith("<|im_start|>system\n# Tools\n")
+    assert "\n\nBe exact.<|im_end|>\n<|im_start|>user\na dog on a sofa<|im_end|>\n" in text
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    ids = processor.tokenizer(text).input_ids
+    tok = processor.tokenizer
+    assert ids[-4] == tok.convert_tokens_to_ids("<think>") and ids[-2] == tok.convert_tokens_to_ids("</think>")
