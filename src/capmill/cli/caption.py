@@ -39,6 +39,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     g.add_argument(
+        "--devices",
+        help="one engine per device: auto (every GPU), all, 0,1, cuda:0,cuda:2, or cpu,cpu; see docs/scale-out.md",
+    )
+    g.add_argument(
         "--constrained",
         action="store_true",
         help="structured profiles: grammar-constrained decoding, so every output is a valid tool call (llguidance)",
@@ -176,9 +180,12 @@ def run(args: argparse.Namespace) -> int:
     kwargs = captioner_kwargs(args)
     probe_mode = args.mode or "caption"
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    from capmill.run.devices import captioner_factory
+
+    factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make_captioner)
     job = CaptionJob(
         inputs=list(args.inputs),
-        make_captioner=lambda: make_captioner(kwargs),
+        make_captioner=factory,
         run_dir=run_dir,
         fmt=fmt,
         shard_size=args.shard_size,
@@ -192,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         pipeline=PipelineOptions(
             mode=args.mode,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size * n_devices,  # a full batch for every device
             workers=workers,
             decode=DecodeOptions(
                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, resize_max_side=args.resize_max_side, draft=args.draft
