@@ -83,3 +83,15 @@ class OverloadedError(CapmillError):
     def __init__(self, message: str = "server is busy", retry_after: float = 1.0):
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class TrainingError(CapmillError):
+    """A training run failed as a whole (for example every row of a stage was rejected)."""
+
+
+class MergeFaithfulnessError(CapmillError):
+    """A merged checkpoint does not reproduce base + LoRA within the tolerance; nothing is published."""
+
+    def __init__(self, message: str, max_abs_diff: float = float("nan"), tolerance: float = float("nan")):
+        self.max_abs_diff, self.tolerance = max_abs_diff, tolerance
+        super().__init__(message)
