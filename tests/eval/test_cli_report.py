@@ -16,8 +16,21 @@ from capmill.eval.refs import load_references
 def report(two_runs, loo, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     human, mism = two_runs
-    rc = main(["eval", str(human), str(mism), "--refs", str(loo["refs"]), "--embedder", "all-MiniLM-L6-v2",
-               "--out", str(out), "--worst", "5"])
+    rc = main(
+        [
+            "eval",
+            str(human),
+            str(mism),
+            "--refs",
+            str(loo["refs"]),
+            "--embedder",
+            "all-MiniLM-L6-v2",
+            "--out",
+            str(out),
+            "--worst",
+            "5",
+        ]
+    )
     assert rc == 0
     return out
 

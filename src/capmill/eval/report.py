@@ -164,7 +164,8 @@ def _side_by_side(data: dict[str, Any]) -> str:
         vals = [heads[n].get(k, float("nan")) for n in runs]
         rows.append([k, *vals])
         finite = [(v, i) for i, v in enumerate(vals) if not math.isnan(v)]
-        if len(runs) > 1 and finite and len({v for v, _ in finite}) > 1:
+        neutral = "tokens (mean" in k  # length is a property, not a score
+        if len(runs) > 1 and finite and len({v for v, _ in finite}) > 1 and not neutral:
             pick = min(finite) if any(t in f" {k} " for t in LOWER_IS_BETTER) else max(finite)
             best.append(pick[1] + 1)
         else:

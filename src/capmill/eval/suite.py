@@ -151,6 +151,6 @@ def headline(run_result: dict[str, Any]) -> dict[str, float]:
     row["degenerate"] = st["degenerate_rate"]
     for name, ln in st["lengths"].items():
         if ln.get("n"):
-            row[f"{name} tokens (mean)"] = ln["mean"]
+            row[f"{name} tokens (mean{'' if ln['exact'] else ', approx'})"] = ln["mean"]
             row[f"{name} over {ln['limit']}"] = ln["over_limit_rate"]
     return {k: float(v) if v is not None and np.isfinite(v) else float("nan") for k, v in row.items()}
