@@ -37,11 +37,13 @@ class Call:
     args: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    span: tuple[int, int] = (0, 0)  # where the call sits in the text searched
 
 
-def _preview(text: str, limit: int = 40) -> str:
-    text = text.strip()
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+def _preview(value: Any, limit: int = 40) -> str:
+    """A short quoted view of a value for a note: strings stripped and repr'd, others repr'd once."""
+    text = repr(value.strip()) if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -62,8 +64,8 @@ def _set_arg(call: Call, key: str, value: Any) -> None:
             call.notes.append(f"parameter {key!r} given twice with the same value; kept one")
         else:
             call.refusals.append(
-                f"parameter {key!r} given twice with different values ({_preview(repr(call.args[key]))} and "
-                f"{_preview(repr(value))}); cannot tell which the model meant"
+                f"parameter {key!r} given twice with different values ({_preview(call.args[key])} and "
+                f"{_preview(value)}); cannot tell which the model meant"
             )
         return
     call.args[key] = value
@@ -115,6 +117,8 @@ def _read_parameter(text: str, pos: int, call: Call) -> tuple[int, bool]:
                 call.refusals.append(
                     f"parameter {key!r} is not valid JSON: {exc.reason}: {_preview(text[first:end], 60)}"
                 )
+                if text.startswith("</parameter>", end):
+                    end += len("</parameter>")
                 return end, True
     else:
         tag = _NEXT_TAG.search(text, start)
@@ -167,6 +171,9 @@ def _read_xml(text: str, pos: int, call_opened: bool) -> tuple[Call, int]:
         elif text.startswith("</tool_call>", pos):
             call.notes.append("call has no </function> before </tool_call>")
             return call, pos + len("</tool_call>")
+        elif text.startswith("</parameter>", pos):
+            call.notes.append("ignored a </parameter> that closes no parameter")
+            pos += len("</parameter>")
         elif text.startswith(("<tool_call>", "<function="), pos):
             call.notes.append("call not closed before the next call starts")
             return call, pos
@@ -174,10 +181,10 @@ def _read_xml(text: str, pos: int, call_opened: bool) -> tuple[Call, int]:
             pos = len(text)
             break
         else:
-            nxt = _NEXT_TAG.search(text, pos)
+            nxt = _NEXT_TAG.search(text, pos + 1)
             stop = nxt.start() if nxt else len(text)
             call.notes.append(f"ignored stray text inside the call: {_preview(text[pos:stop])}")
-            pos = stop
+            pos = stop  # always > pos: the loop makes progress
     _cut_off(call, last_key, last_complete)
     return call, len(text)
 
@@ -196,7 +203,7 @@ def _cut_off(call: Call, last_key: str | None, last_complete: bool) -> None:
         ):
             pass  # a whole enum member: nothing of it can be missing
         elif last_key in COMPLETE_WHEN_CUT:
-            call.refusals.append(f"output cut off inside parameter {last_key!r} (value {_preview(repr(value))})")
+            call.refusals.append(f"output cut off inside parameter {last_key!r} (value {_preview(value)})")
             call.args.pop(last_key, None)
     missing = [key for key in COMPLETE_WHEN_CUT if key not in call.args]
     if missing and not any(r.startswith("output cut off inside") for r in call.refusals):
@@ -267,6 +274,8 @@ def find_calls(text: str) -> tuple[list[Call], list[str]]:
     """All tool calls in `text` in order, plus notes about text around them."""
     calls: list[Call] = []
     notes: list[str] = []
+    if text.lstrip().startswith(("{", "```")):  # a bare JSON object: tags inside its strings are content
+        return _bare_json(text, notes), notes
     pos = 0
     while True:
         match = _CALL_START.search(text, pos)
@@ -288,6 +297,7 @@ def find_calls(text: str) -> tuple[list[Call], list[str]]:
                 pos = len(text) if nxt < 0 else nxt + len("</tool_call>")
         else:
             call, pos = _read_xml(text, match.start(), call_opened=False)
+        call.span = (match.start(), pos)
         calls.append(call)
     if calls:
         rest = text[pos:].strip()
@@ -308,9 +318,14 @@ def _bare_json(text: str, notes: list[str]) -> list[Call]:
         notes.append("JSON inside a markdown code fence")
         before = before[: fence.start()]
     if before.strip():
+        if before.strip().endswith("["):
+            call = Call(None, "json")
+            call.refusals.append("output is a JSON array, not a JSON object or a tool call")
+            return [call]
         notes.append(f"ignored text before the JSON object: {_preview(before)}")
     call = Call("", "json")
     end = _read_json(text, start, call, None)
+    call.span = (start, end)
     rest = text[end:].strip()
     if fence and rest.startswith("```"):
         rest = rest[3:].strip()

@@ -30,11 +30,11 @@ _IRREGULAR = {
     "rode": "ride", "ridden": "ride", "grew": "grow", "grown": "grow", "hung": "hang", "lit": "light",
     "laid": "lay", "built": "build", "made": "make", "taken": "take", "took": "take", "thrown": "throw",
     "threw": "throw", "caught": "catch", "swam": "swim", "drove": "drive", "driven": "drive", "fell": "fall",
-    "fallen": "fall", "kept": "keep", "left": "leave", "slept": "sleep", "spread": "spread",
+    "fallen": "fall", "kept": "keep", "slept": "sleep", "spread": "spread",
 }  # fmt: skip
 _NUMBERS = dict(
     zip("0 1 2 3 4 5 6 7 8 9 10 11 12".split(),
-        "zero one two three four five six seven eight nine ten eleven twelve".split())
+        "zero one two three four five six seven eight nine ten eleven twelve".split(), strict=True)
 )  # fmt: skip
 _NUMBERS.update({word: digit for digit, word in list(_NUMBERS.items())})
 
@@ -78,7 +78,7 @@ def source_index(source_text: str) -> frozenset[str]:
     index: set[str] = set()
     for word in words:
         index |= _forms(word)
-    for left, right in zip(words, words[1:]):
+    for left, right in zip(words, words[1:], strict=False):
         index |= _forms(left + right)
     return frozenset(index)
 
@@ -91,7 +91,7 @@ def _missing(phrase: str, index: frozenset[str]) -> list[str]:
     for i in range(len(content) - 1):  # "t shirt" vs source "tshirt": try each joined pair
         if not (found[i] and found[i + 1]) and not _forms(content[i] + content[i + 1]).isdisjoint(index):
             found[i] = found[i + 1] = True
-    return [w for w, ok in zip(content, found) if not ok]
+    return [w for w, ok in zip(content, found, strict=True) if not ok]
 
 
 ItemKind = Literal["name", "attribute", "action"]

@@ -93,10 +93,10 @@ def loads_lenient(text: str) -> tuple[Any, list[str]]:
             out.append(_WORDS[token])
         else:
             if token in "\"'":
-                raise ValueParseError("cut off inside a string (no closing quote)", truncated=True)
+                raise ValueParseError("a string has no closing quote", truncated=True)
             raise ValueParseError(f"unexpected character {token!r}")
     if stack:
-        raise ValueParseError(f"cut off: {len(stack)} unclosed bracket(s)", truncated=True)
+        raise ValueParseError(f"{len(stack)} unclosed bracket(s)", truncated=True)
     if not out:
         raise ValueParseError("empty value")
     joined = "".join(out)

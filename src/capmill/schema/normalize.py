@@ -86,10 +86,6 @@ class Normalizer:
         if isinstance(value, dict):
             self.notes.append("subjects given as a single object; read as a list of one")
             value = [value]
-        elif isinstance(value, str):
-            names = _split_string(value)
-            self.notes.append(f"subjects given as a string {_preview(value)}; read as names {names!r}")
-            value = names
         if not isinstance(value, list):
             self.refusals.append(f"subjects must be a list, got {type(value).__name__} {_preview(value)}")
             return []

@@ -121,17 +121,22 @@ def _fast(text: str) -> ParseResult | None:
     return ParseResult("ok", caption, [], text, "qwen3_xml")
 
 
-def _split_reasoning(text: str) -> tuple[str, str, list[str]]:
-    """(answer, reasoning, notes): reasoning ends at the first </think> that precedes the call."""
-    close = text.find("</think>")
-    if close < 0:
-        if "<think>" in text:
-            return text, "", ["<think> block never closed; searched the whole output"]
-        return text, "", []
-    first_call = min((i for i in (text.find("<tool_call>"), text.find("<function=")) if i >= 0), default=len(text))
-    if close < first_call or "<think>" in text[:first_call]:
-        return text[close + len("</think>") :], text[:close], []
-    return text, "", []  # a "</think>" inside the call's values, not the end of reasoning
+def _split_reasoning(text: str) -> tuple[str, str]:
+    """(answer, reasoning): reasoning ends at the first </think>; an unclosed <think> runs to the end.
+
+    A think tag that sits inside a call's values (a subject named "</think>") is content, not a boundary.
+    """
+    marker = text.find("</think>")
+    closed = marker >= 0
+    if not closed:
+        marker = text.find("<think>")
+        if marker < 0:
+            return text, ""
+    if any(start < marker < end for start, end in (call.span for call in find_calls(text)[0])):
+        return text, ""
+    if closed:
+        return text[marker + len("</think>") :], text[:marker]
+    return text[:marker], text[marker:]  # cut off while reasoning: nothing after <think> is an answer
 
 
 def _evaluate(call: Call) -> tuple[StructuredCaption | None, list[str], list[str]]:
@@ -157,9 +162,8 @@ def _slow(text: str) -> ParseResult:
     body = _strip_end(text)
     if not body.strip():
         return _invalid(text, ["empty output: no tool call"])
-    answer, reasoning, notes = _split_reasoning(body)
-    calls, around = find_calls(answer)
-    notes += around
+    answer, reasoning = _split_reasoning(body)
+    calls, notes = find_calls(answer)
     if not calls:
         if reasoning and find_calls(reasoning)[0]:
             return _invalid(text, ["the only tool call is inside the <think> reasoning; no call was emitted after it"])
