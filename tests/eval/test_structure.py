@@ -151,3 +151,21 @@ def test_structure_stats_counts(tmp_path):
     assert stats["lengths"]["clip"]["over_limit"] == 1 and per["000000000004"]["clip_tokens"] == 92
     assert stats["lengths"]["t5"]["over_limit"] == 0
     assert stats["degenerate_counts"]["repetition_loop"] == 1  # "word word word ..."
+
+
+@pytest.mark.parametrize(
+    ("note", "kind"),
+    [
+        ("subjects: 9 items, at most 8 allowed; dropped 'x'", "subjects: # items, at most # allowed"),
+        ("subjects: 12 items, at most 8 allowed; dropped 'y', 'z'", "subjects: # items, at most # allowed"),
+        ("parameter 'subjects' written as a JSON string {\"a\": 1}; strings are raw", "parameter written as a json string"),
+        ("setting 'Outdoors' read as 'outdoor'", "setting read as"),
+        ("subjects[2]: dropped unknown key 'k' = 3", "subjects[]: dropped unknown key"),
+        ("schema validation failed: subjects.0.name too long", "schema validation failed"),
+        ("too_many_subjects: kept 8 of 9", "too_many_subjects"),
+    ],
+)
+def test_parser_notes_group_by_kind(note, kind):
+    from capmill.eval.structure import _note_kind
+
+    assert _note_kind(note) == kind

@@ -59,9 +59,20 @@ def schema_violations(structured: Any) -> list[str]:
 
 
 def _note_kind(text: str) -> str:
-    """ "too_many_subjects: kept 8 of 9" -> "too_many_subjects"; free text keeps its first words."""
-    head = text.split(":", 1)[0].strip().lower()
-    return re.sub(r"[^a-z0-9_]+", "_", head)[:48].strip("_") or "unspecified"
+    """A parser note or error without its particulars (quoted values, numbers, previews), so notes group by kind:
+    "subjects: 9 items, at most 8 allowed; dropped 'x'" -> "subjects: # items, at most # allowed"."""
+    t = text.lower().split(";", 1)[0]
+    t = re.sub(r"'[^']*'|\"[^\"]*\"", "", t)
+    t = re.sub(r"\s=\s.*$|\{.*$|\([^)]*\)", "", t)
+    t = re.sub(r"\[[^\]]*\]", "[]", t)
+    t = re.sub(r"\d+(?:\.\d+)?", "#", t)
+    head, _, rest = t.partition(":")
+    if re.fullmatch(r"[a-z]+(?:_[a-z]+)+", head.strip()):  # already a kind: "too_many_subjects: ..."
+        return head.strip()
+    words = head.split()
+    if len(words) < 3 and rest.strip():
+        words = [*words[:-1], words[-1] + ":", *rest.split()[:6]] if words else rest.split()[:6]
+    return " ".join(words).strip(" ,.:") or "unspecified"
 
 
 def degenerate_kinds(record: Record) -> list[str]:
