@@ -20,7 +20,7 @@ async function api(path, options = {}) {
 
 function card(name) {
   const node = $("#card-template").content.firstElementChild.cloneNode(true);
-  node.querySelector(".name").textContent = name;
+  node.querySelector(".name").textContent = name.split("/").pop() || name; // ids may be whole paths
   node.querySelector(".name").title = name;
   return node;
 }
@@ -44,7 +44,7 @@ function setBadge(node, status, edited) {
 
 function fillRecord(node, rec) {
   node.querySelector(".caption").textContent = rec.edited_caption ?? rec.caption ?? "";
-  node.querySelector(".error").textContent = rec.error || "";
+  node.querySelector(".message").textContent = rec.error || "";
   node.querySelector(".raw").textContent = rec.raw ?? "";
   const box = node.querySelector(".structured-box");
   if (rec.structured) {
@@ -99,7 +99,7 @@ async function captionOne({ file, node, text }) {
     fillRecord(node, rec);
     node.dataset.id = rec.id;
   } catch (err) {
-    node.querySelector(".error").textContent = err.message;
+    node.querySelector(".message").textContent = err.message;
     setBadge(node, "error");
   }
 }
