@@ -101,6 +101,8 @@ def test_truncation_signals():
     assert "truncated" in degenerate_kinds(r2)
     r3 = make_record(3, "x y z", meta={"finish_reason": "length"})
     assert degenerate_kinds(r3) == ["truncated"]
+    r4 = make_record(4, "x y z", notes=["stopped at max_new_tokens"])  # what capmill's Captioner writes
+    assert degenerate_kinds(r4) == ["truncated"]
 
 
 def test_structure_stats_counts(tmp_path):
@@ -158,7 +160,10 @@ def test_structure_stats_counts(tmp_path):
     [
         ("subjects: 9 items, at most 8 allowed; dropped 'x'", "subjects: # items, at most # allowed"),
         ("subjects: 12 items, at most 8 allowed; dropped 'y', 'z'", "subjects: # items, at most # allowed"),
-        ("parameter 'subjects' written as a JSON string {\"a\": 1}; strings are raw", "parameter written as a json string"),
+        (
+            "parameter 'subjects' written as a JSON string {\"a\": 1}; strings are raw",
+            "parameter written as a json string",
+        ),
         ("setting 'Outdoors' read as 'outdoor'", "setting read as"),
         ("subjects[2]: dropped unknown key 'k' = 3", "subjects[]: dropped unknown key"),
         ("schema validation failed: subjects.0.name too long", "schema validation failed"),

@@ -113,7 +113,7 @@ def _repeated_sentences(text: str) -> bool:
 
 def _truncated(record: Record) -> bool:
     finish = record.meta.get("finish_reason") or record.timings.get("finish_reason")
-    if finish == "length":
+    if finish == "length" or any("max_new_tokens" in n or "cut off" in n for n in record.notes or []):
         return True
     limit = (record.decoding or {}).get("max_new_tokens")
     used = (record.tokens or {}).get("completion") or (record.tokens or {}).get("completion_tokens")
@@ -178,8 +178,8 @@ def structure_stats(records: list[Record], encoders: list[LengthEncoder]) -> tup
             settings[str(s.get("setting", "unknown"))] += 1
         if r.status in ("repaired", "invalid"):
             reported.update(_note_kind(t) for t in (r.notes or []))
-            if r.error:
-                reported[_note_kind(r.error)] += 1
+            if r.error:  # the parser joins several refusal reasons with "; "
+                reported.update(_note_kind(e) for e in r.error.split("; ") if e.strip())
         if r.mode == "text":
             rate = _grounding_rate(r.grounding)
             if rate is not None:
