@@ -65,6 +65,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--sidecar-kinds", default="txt,json", help="sidecar format: txt, json or both")
     o.add_argument("--overwrite-sidecars", action="store_true", help="replace existing sidecar files")
     o.add_argument("--runner", default="local", help="local (default) or a runner added to capmill.run.RUNNERS")
+    o.add_argument("--address", help="--runner ray: the cluster to join (default: a new local one)")
+    o.add_argument("--actors", type=int, help="--runner ray: model actors (default: one per GPU, else CPUs - 1)")
     o.add_argument("--batch-size", "-b", type=int, default=8)
     o.add_argument("--workers", type=int, default=None, help="decode processes (default: cores-1, at least 1)")
     o.add_argument("--show-prompt", action="store_true", help="print the rendered prompt of the first input; no model")
@@ -182,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
     from capmill.run.devices import captioner_factory
 
+    if getattr(args, "devices", None) and args.runner != "local":
+        raise ConfigError(f"--devices is for the local runner; --runner {args.runner} places its own engines")
     factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make_captioner)
     job = CaptionJob(
         inputs=list(args.inputs),
@@ -211,6 +215,11 @@ def run(args: argparse.Namespace) -> int:
         out_file=out_file,
         sidecar={"kinds": kinds, "overwrite": args.overwrite_sidecars},
         progress=False if args.quiet else None,
+        runner_options={
+            k: v
+            for k, v in (("address", getattr(args, "address", None)), ("actors", getattr(args, "actors", None)))
+            if v
+        },
     )
     try:
         summary = runner_cls(job).run()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from capmill.registry import Registry
 
-RUNNERS: Registry[type] = Registry("runner", {"local": "capmill.run.local:LocalRunner"})
+RUNNERS: Registry[type] = Registry(
+    "runner", {"local": "capmill.run.local:LocalRunner", "ray": "capmill.run.ray_runner:RayRunner"}
+)
 
 __all__ = ["RUNNERS"]

@@ -31,6 +31,7 @@ class CaptionJob:
     out_file: str | None = None  # join the shards into this one file at the end
     sidecar: dict[str, Any] = field(default_factory=dict)
     progress: bool | None = None  # None: rich on a terminal, log lines otherwise; False: silent
+    runner_options: dict[str, Any] = field(default_factory=dict)  # knobs of a non-local runner (e.g. Ray's address)
 
 
 class LocalRunner:
