@@ -16,7 +16,12 @@ from capmill.schema.lenient_json import ValueParseError, loads_lenient
 
 _DECODER = json.JSONDecoder()
 _FUNCTION = re.compile(r"<function=([^>\n]*)>")
-_PARAMETER = re.compile(r"<parameter=([^>\n]*)>")
+_PARAMETER_HEAD = re.compile(r"<parameter=([^>\n]*)>\n?()\s*")
+_PARAMETER_TAIL = re.compile(r"\s*(</parameter>)?")
+# One step inside a <function=...> call: which tag comes next (groups 1-6), or none (stray text or the end).
+_XML_STEP = re.compile(
+    r"\s*(?:(<parameter=)|(</function>)\s*(</tool_call>)?|(</tool_call>)|(</parameter>)|(<tool_call>|<function=))?"
+)
 _CALL_START = re.compile(r"<tool_call>|<function=")
 _NEXT_TAG = re.compile(r"</parameter>|<parameter=|</function>|</tool_call>|<tool_call>|<function=")
 _FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?")
@@ -88,17 +93,15 @@ def _text_value(call: Call, key: str, raw: str) -> Any:
     return value
 
 
-def _read_parameter(text: str, pos: int, call: Call) -> tuple[int, bool]:
-    """Read one `<parameter=KEY>` at `pos`; return (position after it, whether its value was complete)."""
-    match = _PARAMETER.match(text, pos)
+def _read_parameter(text: str, pos: int, call: Call) -> tuple[int, bool, str | None]:
+    """Read one `<parameter=KEY>` at `pos`; return (position after it, whether its value was complete, KEY)."""
+    match = _PARAMETER_HEAD.match(text, pos)
     if match is None:
         call.notes.append("output ends inside a <parameter=...> tag; ignored it")
-        return len(text), True
+        return len(text), True, None
     key = match.group(1).strip()
-    start = match.end()
-    if text.startswith("\n", start):
-        start += 1
-    first = _skip_ws(text, start)
+    start = match.start(2)  # after the newline the template writes
+    first = match.end()
     complete = True
     if text.startswith(("[", "{"), first):
         try:
@@ -113,22 +116,23 @@ def _read_parameter(text: str, pos: int, call: Call) -> tuple[int, bool]:
                 if exc.truncated and tag is None:
                     # Recorded here with its reason; reported as complete so _cut_off does not repeat it.
                     call.refusals.append(f"output cut off inside parameter {key!r} ({exc.reason})")
-                    return len(text), True
+                    return len(text), True, key
                 call.refusals.append(
                     f"parameter {key!r} is not valid JSON: {exc.reason}: {_preview(text[first:end], 60)}"
                 )
                 if text.startswith("</parameter>", end):
                     end += len("</parameter>")
-                return end, True
+                return end, True, key
     else:
         tag = _NEXT_TAG.search(text, start)
         end = tag.start() if tag else len(text)
         value = _text_value(call, key, text[start:end])
         complete = tag is not None
     _set_arg(call, key, value)
-    after = _skip_ws(text, end)
-    if text.startswith("</parameter>", after):
-        return after + len("</parameter>"), True
+    tail = _PARAMETER_TAIL.match(text, end)
+    if tail.group(1):
+        return tail.end(), True, key
+    after = tail.end()
     tag = _NEXT_TAG.match(text, after)
     if tag is None and after < len(text):
         nxt = _NEXT_TAG.search(text, after)
@@ -138,7 +142,7 @@ def _read_parameter(text: str, pos: int, call: Call) -> tuple[int, bool]:
         after = stop
     if after < len(text):
         call.notes.append(f"parameter {key!r} has no </parameter>")
-    return after, complete
+    return after, complete, key
 
 
 def _read_xml(text: str, pos: int, call_opened: bool) -> tuple[Call, int]:
@@ -153,36 +157,31 @@ def _read_xml(text: str, pos: int, call_opened: bool) -> tuple[Call, int]:
         call.notes.append("call has no <tool_call> before <function=...>")
     pos = match.end()
     last_key, last_complete = None, True
+    size = len(text)
     while True:
-        pos = _skip_ws(text, pos)
-        if pos >= len(text):
-            break
-        if text.startswith("<parameter=", pos):
-            key_match = _PARAMETER.match(text, pos)
-            last_key = key_match.group(1).strip() if key_match else None
-            pos, last_complete = _read_parameter(text, pos, call)
-        elif text.startswith("</function>", pos):
-            pos = _skip_ws(text, pos + len("</function>"))
-            if text.startswith("</tool_call>", pos):
-                return call, pos + len("</tool_call>")
-            if call_opened:
+        step = _XML_STEP.match(text, pos)
+        kind = step.lastindex  # type: ignore[union-attr]
+        if kind == 1:
+            pos, last_complete, last_key = _read_parameter(text, step.start(1), call)  # type: ignore[union-attr]
+            continue
+        pos = step.end()  # type: ignore[union-attr]
+        if kind == 2 or kind == 3:
+            if kind == 2 and call_opened:
                 call.notes.append("call has no </tool_call> after </function>")
             return call, pos
-        elif text.startswith("</tool_call>", pos):
+        if kind == 4:
             call.notes.append("call has no </function> before </tool_call>")
-            return call, pos + len("</tool_call>")
-        elif text.startswith("</parameter>", pos):
-            call.notes.append("ignored a </parameter> that closes no parameter")
-            pos += len("</parameter>")
-        elif text.startswith(("<tool_call>", "<function="), pos):
-            call.notes.append("call not closed before the next call starts")
             return call, pos
-        elif _is_partial_tag(text[pos:]):
-            pos = len(text)
+        if kind == 5:
+            call.notes.append("ignored a </parameter> that closes no parameter")
+        elif kind == 6:
+            call.notes.append("call not closed before the next call starts")
+            return call, step.start(6)  # type: ignore[union-attr]
+        elif pos >= size or _is_partial_tag(text[pos:]):
             break
         else:
             nxt = _NEXT_TAG.search(text, pos + 1)
-            stop = nxt.start() if nxt else len(text)
+            stop = nxt.start() if nxt else size
             call.notes.append(f"ignored stray text inside the call: {_preview(text[pos:stop])}")
             pos = stop  # always > pos: the loop makes progress
     _cut_off(call, last_key, last_complete)

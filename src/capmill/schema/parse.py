@@ -84,7 +84,8 @@ def _fast(text: str) -> ParseResult | None:
             return None
     pos = start + len(_OPEN)
     args: dict[str, Any] = {}
-    while pos < body_end:
+    seen: set[str] = set()
+    while pos < body_end:  # structure first: no JSON is decoded for a text that fails here
         if not text.startswith(_PARAM_PREFIX, pos):
             return None
         close = text.find(">\n", pos)
@@ -93,26 +94,27 @@ def _fast(text: str) -> ParseResult | None:
             return None
         key = text[pos + len(_PARAM_PREFIX) : close]
         value = text[close + 2 : sep]
-        if key in args:
+        if key in seen:
             return None
+        seen.add(key)
         if key == "subjects" or key == "actions":
             if not value.startswith("["):
                 return None
-            try:
-                args[key] = _json_loads(value)
-            except ValueError:
-                return None
+            args[key] = value
         elif key == "setting":
             if value not in SETTINGS:
                 return None
             args[key] = value
-        elif key == "style" or key == "mood":
-            if value not in _NULL_PARAM:
-                return None
-        else:
+        elif key != "style" and key != "mood" or value not in _NULL_PARAM:
             return None
         pos = sep + len(_PARAM_SEP)
     if pos != body_end:
+        return None
+    try:
+        for key in ("subjects", "actions"):
+            if key in args:
+                args[key] = _json_loads(args[key])
+    except ValueError:
         return None
     try:
         caption = _validate(args)
@@ -141,6 +143,13 @@ def _split_reasoning(text: str) -> tuple[str, str]:
 
 def _evaluate(call: Call) -> tuple[StructuredCaption | None, list[str], list[str]]:
     """(caption, notes, refusals) for one call's arguments."""
+    if not call.refusals:
+        # Arguments that already fit need no normalising: pydantic (which coerces nothing here: no str->list,
+        # no int->str, exact enum) accepting them means normalize.py would change nothing.
+        try:
+            return _validate(call.args), call.notes, []
+        except ValidationError:
+            pass
     normalizer = Normalizer()
     clean = normalizer.arguments(call.args)
     notes = call.notes + normalizer.notes
