@@ -58,7 +58,7 @@ def _bars(title: str, labels: list[str], series: dict[str, list[float]], ylabel:
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
 
@@ -67,6 +67,7 @@ def _plots(data: dict[str, Any]) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     runs = data["runs"]
     names = list(runs)
@@ -101,7 +102,8 @@ def _plots(data: dict[str, Any]) -> list[str]:
     lengths = {n: [i.get("clip_tokens") for i in runs[n]["items"] if i.get("clip_tokens") is not None] for n in names}
     if any(lengths.values()):
         fig, ax = plt.subplots(figsize=(6.4, 3.4))
-        ax.hist([lengths[n] for n in names], bins=20, label=names, alpha=0.85)
+        top = max(80, max(max(v) for v in lengths.values() if v) + 1)
+        ax.hist([lengths[n] for n in names], bins=np.linspace(0, top, 41), label=names, alpha=0.85)
         ax.axvline(77, color="red", linestyle="--", linewidth=1, label="CLIP limit 77")
         ax.set_title("Caption length in CLIP tokens")
         ax.set_xlabel("tokens")
