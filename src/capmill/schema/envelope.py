@@ -66,7 +66,9 @@ def _is_partial_tag(rest: str) -> bool:
 def _set_arg(call: Call, key: str, value: Any) -> None:
     if key in call.args:
         if call.args[key] == value:
-            call.notes.append(f"parameter {key!r} given twice with the same value; kept one")
+            note = f"parameter {key!r} given more than once with the same value; kept one"
+            if note not in call.notes:
+                call.notes.append(note)
         else:
             call.refusals.append(
                 f"parameter {key!r} given twice with different values ({_preview(call.args[key])} and "
@@ -106,7 +108,7 @@ def _read_parameter(text: str, pos: int, call: Call) -> tuple[int, bool, str | N
     if text.startswith(("[", "{"), first):
         try:
             value, end = _DECODER.raw_decode(text, first)
-        except ValueError:
+        except (ValueError, RecursionError):
             tag = _NEXT_TAG.search(text, first)
             end = tag.start() if tag else len(text)
             try:
@@ -177,7 +179,7 @@ def _read_xml(text: str, pos: int, call_opened: bool) -> tuple[Call, int]:
         elif kind == 6:
             call.notes.append("call not closed before the next call starts")
             return call, step.start(6)  # type: ignore[union-attr]
-        elif pos >= size or _is_partial_tag(text[pos:]):
+        elif pos >= size or (size - pos <= 80 and _is_partial_tag(text[pos:])):
             break
         else:
             nxt = _NEXT_TAG.search(text, pos + 1)
@@ -245,7 +247,7 @@ def _read_json(text: str, pos: int, call: Call, closer: str | None) -> int:
     """Decode the JSON object at `pos` into `call`; return the position after it."""
     try:
         obj, end = _DECODER.raw_decode(text, pos)
-    except ValueError:
+    except (ValueError, RecursionError):
         stop = text.find(closer, pos) if closer else -1
         end = stop if stop >= 0 else len(text)
         try:

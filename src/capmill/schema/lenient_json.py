@@ -57,7 +57,7 @@ def loads_lenient(text: str) -> tuple[Any, list[str]]:
     """Parse `text` as one JSON value; return (value, notes) where notes name every liberty taken."""
     try:
         return _STRICT.decode(text), []
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     out: list[str] = []
     stack: list[str] = []
@@ -104,6 +104,8 @@ def loads_lenient(text: str) -> tuple[Any, list[str]]:
         value, end = _LOOSE.raw_decode(joined)
     except ValueError as exc:
         raise ValueParseError(f"malformed JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ValueParseError("nested too deeply") from None
     if end != len(joined):
         raise ValueParseError("malformed JSON (more than one value, or a missing comma)")
     if not notes:

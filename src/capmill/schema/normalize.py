@@ -38,6 +38,12 @@ class Normalizer:
     def arguments(self, args: dict[str, Any]) -> dict[str, Any]:
         """Return a dict ready for `StructuredCaption.model_validate`."""
         clean: dict[str, Any] = {}
+        if args and not any(key in FIELDS for key in args):
+            # Dropping every key would leave an empty caption the model never wrote.
+            self.refusals.append(
+                f"none of the caption fields (subjects, actions, setting) in the arguments: {list(args)}"
+            )
+            return clean
         for key, value in args.items():
             if key not in FIELDS:
                 self.notes.append(f"dropped unknown parameter {key!r} = {_preview(value)} (not in the schema)")

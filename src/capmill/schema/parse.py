@@ -114,7 +114,7 @@ def _fast(text: str) -> ParseResult | None:
         for key in ("subjects", "actions"):
             if key in args:
                 args[key] = _json_loads(args[key])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     try:
         caption = _validate(args)
@@ -163,6 +163,15 @@ def _evaluate(call: Call) -> tuple[StructuredCaption | None, list[str], list[str
         return None, notes, [f"schema validation failed: {'; '.join(details)}"]
 
 
+def _names(names: list[str]) -> str:
+    """Function names once each, with a count when repeated: "web_search, save (x3)"."""
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    shown = [f"{name} (x{count})" if count > 1 else name for name, count in list(counts.items())[:10]]
+    return ", ".join(shown) + (", ..." if len(counts) > 10 else "")
+
+
 def _invalid(text: str, reasons: list[str], form: str | None = None) -> ParseResult:
     return ParseResult("invalid", None, reasons, text, form)
 
@@ -191,9 +200,9 @@ def _slow(text: str) -> ParseResult:
         else:
             others.append(call.name)
     if not chosen:
-        return _invalid(text, [f"no {TOOL_NAME} call; found call(s) to: {', '.join(others)}"], calls[0].form)
+        return _invalid(text, [f"no {TOOL_NAME} call; found call(s) to: {_names(others)}"], calls[0].form)
     if others:
-        notes.append(f"ignored call(s) to other functions: {', '.join(others)}")
+        notes.append(f"ignored call(s) to other functions: {_names(others)}")
     results = [_evaluate(call) for call in chosen]
     pick = next((i for i, result in enumerate(results) if result[0] is not None), None)
     if pick is None:
