@@ -1,0 +1,289 @@
+"""The vLLM engine: an in-process `vllm.LLM` with prefix caching, continuous batching and structured outputs.
+
+Prompts are rendered by the family's own processor and chat template, exactly as the transformers engine
+renders them, and the prepared images go to vLLM as `multi_modal_data`; so under greedy decoding the two
+engines see the same tokens and pixels. Outputs are decoded with the family's decoder for the same reason.
+Constraints use the grammars of capmill.engines.grammars through vLLM's llguidance backend ("guidance").
+Checkpoints without a processor (InternVL's remote-code format) are rendered by vLLM's own `LLM.chat`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from capmill.engines.base import Engine, EngineOptions
+from capmill.engines.openai_messages import media_parts, to_openai_messages
+from capmill.errors import MissingDependencyError, ModelLoadError, UnsupportedError
+from capmill.models.families import get_family
+from capmill.models.resolve import read_model_config, resolve_family
+from capmill.records import Decoding, Generation, Request
+
+# capmill families that vLLM runs; BLIP-2 with a T5 decoder is not among vLLM's models.
+VLLM_FAMILIES = frozenset({"qwen3_5", "qwen2_vl", "qwen2_5_vl", "internvl", "generic"})
+# transformers' GenerationConfig defaults: what the card's `generate(do_sample=True)` uses for unset fields.
+HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+
+
+class VLLMOptions(EngineOptions):
+    dtype: str = "auto"  # vLLM's names: auto | float32 | bfloat16 | float16 (Qwen3.5 on CPU needs bfloat16)
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = False  # True skips graph capture / compilation: seconds to start instead of minutes
+    enable_prefix_caching: bool = True  # the system prompt and tool scaffold are shared by every request
+    limit_mm_per_prompt: dict[str, int] | None = None  # None: one image, and one video if the profile takes video
+    mm_processor_kwargs: dict[str, Any] | None = None
+    trust_remote_code: bool = False
+    seed: int = 0
+    structured_outputs_backend: str = "guidance"  # llguidance: the same grammars as the transformers engine
+    prompt_rendering: Literal["processor", "chat"] = "processor"  # chat: vLLM's LLM.chat renders the prompt
+    engine_args: dict[str, Any] = {}  # any other vllm.LLM keyword, passed as given
+
+
+class VLLMEngine(Engine):
+    """Runs Qwen3.5, Qwen2-VL, Qwen2.5-VL and InternVL checkpoints on vLLM; see VLLMOptions."""
+
+    name: ClassVar[str] = "vllm"
+    supports_video: ClassVar[bool] = True
+    supports_constrained: ClassVar[bool] = True
+    families: ClassVar[frozenset[str] | None] = VLLM_FAMILIES
+    Options: ClassVar[type[EngineOptions]] = VLLMOptions
+
+    def __init__(self, model: str, profile: Any, options: Any = None):
+        super().__init__(model, profile, options)
+        opts: VLLMOptions = self.options  # type: ignore[assignment]
+        config = read_model_config(model)
+        self.family_name = resolve_family(model, profile, config)
+        if self.family_name not in VLLM_FAMILIES:
+            raise UnsupportedError(
+                f"{model}: vLLM has no {self.family_name} model (BLIP-2 with a T5 decoder is not among vLLM's "
+                "architectures); use the transformers engine: --engine transformers"
+            )
+        self.family = get_family(self.family_name)
+        self.generation_config = _generation_config(model)
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError("vllm", "vllm", "the vllm engine") from exc
+        self.processor = None
+        self.rendering = opts.prompt_rendering
+        if self.rendering == "processor":
+            if config.get("model_type") == "internvl_chat":
+                self.rendering = "chat"  # the remote-code format ships no processor: vLLM renders its prompt
+            else:
+                self.processor = self.family.load_processor(model, trust_remote_code=opts.trust_remote_code)
+        self.llm = self._load(model, opts)
+        tokenizer = self.llm.get_tokenizer()
+        self._added_tokens = frozenset(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
+
+    def _load(self, model: str, opts: VLLMOptions) -> Any:
+        from vllm import LLM
+
+        limits = opts.limit_mm_per_prompt
+        if limits is None:
+            limits = {"image": 1, "video": 1 if getattr(self.profile, "video", False) else 0}
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "dtype": opts.dtype,
+            "tensor_parallel_size": opts.tensor_parallel_size,
+            "enforce_eager": opts.enforce_eager,
+            "enable_prefix_caching": opts.enable_prefix_caching,
+            "limit_mm_per_prompt": limits,
+            "trust_remote_code": opts.trust_remote_code,
+            "seed": opts.seed,
+            "structured_outputs_config": {"backend": opts.structured_outputs_backend},
+        }
+        for name in ("max_model_len", "max_num_seqs", "gpu_memory_utilization", "mm_processor_kwargs"):
+            value = getattr(opts, name)
+            if value is not None:
+                kwargs[name] = value
+        kwargs.update(opts.engine_args)
+        try:
+            return LLM(**kwargs)
+        except Exception as exc:
+            raise ModelLoadError(f"{model}: vLLM could not load it ({type(exc).__name__}: {exc})") from exc
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        import vllm
+
+        out.update(family=self.family_name, vllm_version=vllm.__version__, rendering=self.rendering)
+        return out
+
+    # ---- generation ----
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        prepared: list[tuple[Any, Any] | Generation] = []
+        for request in requests:
+            try:
+                prepared.append((self._prompt(request), self.sampling_params(request)))
+            except Exception as exc:  # noqa: BLE001 - a bad input becomes its own error record
+                prepared.append(_failed(exc))
+        ready = [i for i, p in enumerate(prepared) if not isinstance(p, Generation)]
+        results: dict[int, Generation] = {i: p for i, p in enumerate(prepared) if isinstance(p, Generation)}
+        if ready:
+            try:
+                results.update(
+                    zip(ready, self._run([requests[i] for i in ready], [prepared[i] for i in ready]), strict=True)
+                )
+            except Exception:  # noqa: BLE001 - vLLM validates a whole call at once: isolate the bad input
+                for i in ready:
+                    try:
+                        results[i] = self._run([requests[i]], [prepared[i]])[0]
+                    except Exception as exc:  # noqa: BLE001
+                        results[i] = _failed(exc)
+        return [results[i] for i in range(len(requests))]
+
+    def _prompt(self, request: Request) -> Any:
+        """A vLLM prompt: the family-rendered text plus its media, or chat messages for LLM.chat."""
+        if self.rendering == "chat":
+            return to_openai_messages(request, pil=True)
+        if request.prompt_text is not None:
+            text = request.prompt_text
+        else:
+            text = self.family.render(self.processor, request)
+        prompt: dict[str, Any] = {"prompt": text}
+        media: dict[str, list[Any]] = {}
+        for kind, value in media_parts(request):
+            media.setdefault(kind, []).append(_video_input(value) if kind == "video" else value)
+        if media:
+            prompt["multi_modal_data"] = media
+        return prompt
+
+    def sampling_params(self, request: Request) -> Any:
+        """SamplingParams with the transformers engine's meaning (greedy, HF sampling defaults, stop strings kept)."""
+        from vllm import SamplingParams
+
+        d: Decoding = request.decoding
+        kwargs: dict[str, Any] = {
+            "max_tokens": d.max_new_tokens,
+            "seed": d.seed,
+            # transformers' stop_strings keep the stop string in the output; the profiles' parsers expect it
+            "stop": list(d.stop) or None,
+            "include_stop_str_in_output": bool(d.stop),
+        }
+        if d.do_sample:
+            for name, default in HF_SAMPLING_DEFAULTS.items():
+                value = getattr(d, name)
+                if value is None:
+                    value = self.generation_config.get(name, default)
+                kwargs[name] = value if name != "top_k" else (value or 0)
+        else:
+            kwargs["temperature"] = 0.0
+            if d.repetition_penalty is not None:
+                kwargs["repetition_penalty"] = d.repetition_penalty
+        if request.constraint:
+            kwargs["structured_outputs"] = self._structured(request.constraint)
+        return SamplingParams(**kwargs)
+
+    def _structured(self, constraint: dict[str, Any]) -> Any:
+        """StructuredOutputsParams: a JSON schema as `json` (with capmill's one-line layout), else a grammar."""
+        from vllm.sampling_params import StructuredOutputsParams
+
+        from capmill.engines.grammars import compact_schema, grammar_for, tool_call_grammar
+
+        grammar_for(constraint, self._added_tokens)  # the same validation (and ConfigError) as transformers
+        kind, value = next(iter(constraint.items()))
+        if kind == "json_schema":
+            return StructuredOutputsParams(json=compact_schema(value))
+        if kind == "tool_call":
+            return StructuredOutputsParams(grammar=tool_call_grammar(value, self._added_tokens))
+        return StructuredOutputsParams(grammar=value)
+
+    def _run(self, requests: list[Request], prepared: list[Any]) -> list[Generation]:
+        t0 = time.perf_counter()
+        prompts = [p for p, _ in prepared]
+        params = [s for _, s in prepared]
+        if self.rendering == "chat":
+            outputs = []
+            for group in _groups(requests):  # LLM.chat takes one tools / chat_kwargs per call
+                first = requests[group[0]]
+                outs = self.llm.chat(
+                    [prompts[i] for i in group],
+                    [params[i] for i in group],
+                    use_tqdm=False,
+                    tools=first.tools,
+                    chat_template_kwargs=first.chat_kwargs or None,
+                )
+                outputs.extend(zip(group, outs, strict=True))
+            outputs = [o for _, o in sorted(outputs, key=lambda x: x[0])]
+        else:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        elapsed = (time.perf_counter() - t0) / max(1, len(requests))
+        return [self._generation(out, elapsed, len(requests)) for out in outputs]
+
+    def _generation(self, out: Any, elapsed: float, batch: int) -> Generation:
+        completion = out.outputs[0]
+        token_ids = list(completion.token_ids)
+        text = completion.text
+        if self.processor is not None:
+            text = self.family.decode(self.processor, [token_ids])[0]  # the transformers engine's decode
+        reason = completion.finish_reason or "stop"
+        return Generation(
+            text=text,
+            prompt_tokens=len(out.prompt_token_ids or []),
+            completion_tokens=len(token_ids),
+            finish_reason="length" if reason == "length" else "stop" if reason in ("stop", "eos") else reason,
+            timings={"generate": elapsed, "batch_size": batch},
+        )
+
+    def token_ids(self, requests: Sequence[Request]) -> list[list[int]]:
+        """Generated token ids per request (for fidelity checks against other engines)."""
+        outs = self.llm.generate(
+            [self._prompt(r) for r in requests], [self.sampling_params(r) for r in requests], use_tqdm=False
+        )
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()  # lets a later engine in this process initialise vLLM again
+
+
+def _groups(requests: list[Request]) -> list[list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        key = json.dumps([r.tools, r.chat_kwargs], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _video_input(frames: list[Any]) -> Any:
+    """PIL frames as the (T, H, W, 3) uint8 array vLLM's video processors take."""
+    import numpy as np
+
+    return np.stack([np.asarray(f.convert("RGB")) for f in frames])
+
+
+def _generation_config(model: str) -> dict[str, Any]:
+    """generation_config.json of the checkpoint ({} when absent): transformers' defaults for unset decoding."""
+    from pathlib import Path
+
+    path = Path(model) / "generation_config.json"
+    if not path.is_file():
+        try:
+            from capmill.models.hub import hub_file
+
+            path = Path(hub_file(model, "generation_config.json"))
+        except Exception:  # noqa: BLE001 - no generation config: transformers' own defaults apply
+            return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _failed(exc: Exception) -> Generation:
+    return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
