@@ -65,7 +65,10 @@ def build_answerer(args: argparse.Namespace) -> Any:
         options[key] = _value(val)
     if args.answerer_url:
         options["base_url"] = args.answerer_url
-    engine_cls = ENGINES.get(args.answerer_engine)
+    try:
+        engine_cls = ENGINES.get(args.answerer_engine)
+    except ModuleNotFoundError as exc:  # a registered engine whose module is not in this build or its extra
+        raise ConfigError(f"answerer engine {args.answerer_engine!r} cannot be loaded: {exc}") from exc
     return engine_cls(args.answerer, get_profile(args.answerer_profile), options)
 
 

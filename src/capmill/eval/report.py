@@ -8,6 +8,7 @@ import html
 import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -349,7 +350,29 @@ def _worst_page(data: dict[str, Any], n: int) -> str:
                 f"<div class='item'>{_thumb(i.get('source', ''))}<div><b>{html.escape(i['id'])}</b> {flags}"
                 f"<div>{caption}</div><div class='muted'>{scores}</div><ul class='refs'>{refs}</ul></div></div>"
             )
+        missed = sorted((q for q in run.get("qa_questions", []) if q["accuracy"] < 1.0), key=lambda q: q["accuracy"])
+        if missed:
+            parts.append(f"<h3>{html.escape(name)}: questions the captions did not answer</h3>")
+            rows = [
+                [
+                    q["qid"],
+                    q["image_id"],
+                    q["category"],
+                    q["question"],
+                    q["expected"],
+                    q["accuracy"],
+                    _answers(q["responses"]),
+                ]
+                for q in missed[:n]
+            ]
+            parts.append(_table(["id", "image", "category", "question", "expected", "accuracy", "answers"], rows))
     return _page("capmill eval: weakest items", "".join(parts))
+
+
+def _answers(responses: list[dict[str, Any]]) -> str:
+    """ "Kitchen x3 | Garage": what the answerer chose (or wrote), identical answers counted."""
+    seen = Counter((r.get("chosen") or r.get("response") or r.get("error") or "unparsed")[:60] for r in responses)
+    return " | ".join(f"{a} x{c}" if c > 1 else a for a, c in seen.most_common()) or "no caption"
 
 
 def _page(title: str, body: str) -> str:
