@@ -48,7 +48,7 @@ class Call:
 def _preview(value: Any, limit: int = 40) -> str:
     """A short quoted view of a value for a note: strings stripped and repr'd, others repr'd once."""
     text = repr(value.strip()) if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -294,8 +294,7 @@ def find_calls(text: str) -> tuple[list[Call], list[str]]:
                 call = Call(None, "qwen3_xml")
                 what = "output ends right after <tool_call>" if inner >= len(text) else "no function inside <tool_call>"
                 call.refusals.append(f"{what}: {_preview(text[inner : inner + 60])}")
-                nxt = text.find("</tool_call>", inner)
-                pos = len(text) if nxt < 0 else nxt + len("</tool_call>")
+                pos = inner  # keep scanning: a real call may follow this stray tag
         else:
             call, pos = _read_xml(text, match.start(), call_opened=False)
         call.span = (match.start(), pos)

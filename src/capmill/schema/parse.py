@@ -186,23 +186,29 @@ def _slow(text: str) -> ParseResult:
         if reasoning and find_calls(reasoning)[0]:
             return _invalid(text, ["the only tool call is inside the <think> reasoning; no call was emitted after it"])
         return _invalid(text, [f"no tool call or JSON object found in the output: {body.strip()[:60]!r}"])
-    chosen: list[Call] = []
+    chosen: list[Call] = []  # emit_caption_schema calls, and unnamed JSON arguments
+    broken: list[Call] = []  # calls cut off or malformed before their function name could be read
     others: list[str] = []
     for call in calls:
         if call.name == TOOL_NAME:
             chosen.append(call)
-        elif call.name is None and not call.refusals and call.form != "qwen3_xml":
+        elif call.name is None and (call.form == "qwen3_xml" or call.refusals):
+            broken.append(call)
+        elif call.name is None:
             if call.form == "hermes_json":
                 call.notes.append(f"call names no function; read as {TOOL_NAME} arguments")
             chosen.append(call)
-        elif call.name is None:
-            chosen.append(call)  # a broken call (cut off in its tag): report why
         else:
             others.append(call.name)
     if not chosen:
+        if broken:
+            reasons = [reason for call in broken for reason in call.refusals]
+            return _invalid(text, reasons + notes, broken[0].form)
         return _invalid(text, [f"no {TOOL_NAME} call; found call(s) to: {_names(others)}"], calls[0].form)
     if others:
         notes.append(f"ignored call(s) to other functions: {_names(others)}")
+    for call in broken:
+        notes.append(f"ignored a broken call ({'; '.join(call.refusals)})")
     results = [_evaluate(call) for call in chosen]
     pick = next((i for i, result in enumerate(results) if result[0] is not None), None)
     if pick is None:
