@@ -79,7 +79,7 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     logging_steps: int = Field(1, ge=1)
-    num_workers: int = Field(0, ge=0)
+    encode_cache_mb: int = Field(1024, ge=0)  # encoded rows kept in memory across epochs
 
     @model_validator(mode="after")
     def _micro_batch(self) -> TrainConfig:
@@ -103,7 +103,7 @@ class TrainConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The fields that define what is trained; a resumed run must match them."""
         return self.model_dump(
-            exclude={"out", "save_steps", "keep_checkpoints", "logging_steps", "num_workers", "device"}
+            exclude={"out", "save_steps", "keep_checkpoints", "logging_steps", "device", "encode_cache_mb"}
         )
 
 

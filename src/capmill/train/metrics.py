@@ -15,7 +15,7 @@ class LossLog:
     def __init__(self, run_dir: Path, resume_global_step: int = 0):
         self.path = run_dir / "loss.csv"
         rows = read_loss(self.path) if self.path.exists() else []
-        kept = [r for r in rows if int(r["global_step"]) < resume_global_step]
+        kept = [r for r in rows if int(r["global_step"]) <= resume_global_step]
         with open(self.path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             writer.writeheader()

@@ -152,6 +152,7 @@ def train(
             )
             schedule = {"constant": "constant_with_warmup"}.get(config.lr_scheduler, config.lr_scheduler)
             scheduler = get_scheduler(schedule, optimizer, math.ceil(config.warmup_ratio * total), total)
+            cache = _EncodeCache(encoder, config.encode_cache_mb)
             start = pos.step if si == pos.stage else 0
             if last and si == pos.stage:
                 if start > 0:
@@ -160,13 +161,12 @@ def train(
             bar = _bar(total, start, f"stage {si + 1}/{len(config.stages)} {stage.name}", progress)
             t0 = time.perf_counter()
             for step in range(start, total):
-                rows = _batch_rows(examples, step, per_epoch, config.batch_size, config.seed + 1000 * si)
                 encoded = []
-                for ex in rows:
+                for i in _batch_rows(len(examples), step, per_epoch, config.batch_size, config.seed + 1000 * si):
                     try:
-                        encoded.append(encoder(ex))
+                        encoded.append(cache.get(i, examples[i]))
                     except RowError as exc:
-                        rejects.append(Reject(ex.source, str(exc)))
+                        rejects.append(Reject(examples[i].source, str(exc)))
                 loss_value, tokens = _optimizer_step(model, optimizer, encoded, config, pad_id, device, autocast)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -223,13 +223,39 @@ def _optimizer_step(model, optimizer, encoded, config, pad_id, device, autocast)
     return loss_sum, total_tokens
 
 
-def _batch_rows(examples: list[Example], step: int, per_epoch: int, batch_size: int, seed: int) -> list[Example]:
-    """The rows of optimizer step ``step``: a fixed shuffle per epoch, so a resumed run sees the same batches."""
+def _batch_rows(n: int, step: int, per_epoch: int, batch_size: int, seed: int) -> list[int]:
+    """Row indices of optimizer step ``step``: a fixed shuffle per epoch, so a resumed run sees the same batches."""
     import torch
 
     epoch, index = divmod(step, per_epoch)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    return [examples[i] for i in order[index * batch_size : (index + 1) * batch_size]]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return order[index * batch_size : (index + 1) * batch_size]
+
+
+class _EncodeCache:
+    """Encoded rows kept across epochs up to a memory budget (small data re-encoded every epoch is mostly image
+    preprocessing); rows that fail to encode fail the same way every time."""
+
+    def __init__(self, encoder: Encoder, budget_mb: int):
+        self.encoder, self.budget, self.used = encoder, budget_mb * 2**20, 0
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.failed: dict[int, RowError] = {}
+
+    def get(self, index: int, example: Example) -> dict[str, Any]:
+        if index in self.rows:
+            return self.rows[index]
+        if index in self.failed:
+            raise self.failed[index]
+        try:
+            row = self.encoder(example)
+        except RowError as exc:
+            self.failed[index] = exc
+            raise
+        size = sum(v.numel() * v.element_size() for v in row.values())
+        if self.used + size <= self.budget:
+            self.rows[index] = row
+            self.used += size
+        return row
 
 
 def _save_adapter(model, processor, config: TrainConfig, out: Path, steps: int) -> None:
