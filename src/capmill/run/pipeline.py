@@ -46,6 +46,7 @@ class PipelineOptions:
     prefetch: int | None = None  # decoded items held ahead of the model (default: 4 batches)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     fetch: FetchOptions = field(default_factory=FetchOptions)
+    group_batches: int = 4  # requests of this many batches are sorted by size before batching
     recent_records: int = 256  # records kept for duplicates that arrive soon after their original
 
 
@@ -82,6 +83,7 @@ class Pipeline:
         # every finished original of the open (uncommitted) shard must stay findable here
         self._recent_size = max(self.options.recent_records, out.shard_size + 1)
         self._recent: OrderedDict[str, Record] = OrderedDict()
+        self._sent_batches = 0
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _put(self, q: queue.Queue, value: Any) -> None:
@@ -166,12 +168,22 @@ class Pipeline:
             if not self.out.wants_media:
                 item.data = None
             batch.append((item, request))
-            if len(batch) >= self.options.batch_size:
-                self._put(self._batches, batch)
-                batch = []
-        if batch:
-            self._put(self._batches, batch)
+            # the first batch goes at once (the model should start early), later ones are grouped by size
+            window = self.options.batch_size * (self.options.group_batches if self._sent_batches else 1)
+            if len(batch) >= window:
+                batch = self._flush(batch, final=False)
+        self._flush(batch, final=True)
         self._put(self._batches, _END)
+
+    def _flush(self, pending: list[tuple[Item, Request]], final: bool) -> list[tuple[Item, Request]]:
+        """Send batches of similar-sized requests (less padding); keep the remainder unless this is the end."""
+        pending.sort(key=lambda pair: _request_size(pair[1]))
+        size = self.options.batch_size
+        while len(pending) >= size or (final and pending):
+            self._put(self._batches, pending[:size])
+            self._sent_batches += 1
+            pending = pending[size:]
+        return pending
 
     def _generate(self) -> None:
         """The calling thread: keep the engine busy."""
@@ -297,6 +309,13 @@ def _generation_reason(record: Record, generation: Generation) -> str | None:
     if record.status != "error":
         return None
     return "engine error" if generation.error else None
+
+
+def _request_size(request: Request) -> int:
+    """Roughly how many tokens a request costs: image pixels, video frames, prompt length."""
+    pixels = sum(im.size[0] * im.size[1] for im in request.images)
+    pixels += sum(f.size[0] * f.size[1] for video in request.videos for f in video)
+    return pixels // 784 + sum(len(str(m.get("content"))) for m in request.messages) // 4
 
 
 def _copy_for(item: Item, original: Record) -> Record:

@@ -48,4 +48,16 @@ def make_pool(workers: int) -> Executor:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="capmill-decode")
     import multiprocessing
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+    )
+
+
+def _lower_priority() -> None:
+    """Decoding only has to keep ahead of the model: on a busy CPU the model's threads go first."""
+    import os
+
+    try:
+        os.nice(5)
+    except OSError:
+        pass

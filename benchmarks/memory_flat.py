@@ -1,0 +1,119 @@
+"""Memory stays flat: peak RSS of a run over N small images vs one over 20x more, side by side in one invocation.
+
+Each run is a fresh interpreter running the real streaming pipeline (sources, decode worker process, the real
+Captioner's prepare and parse, batching, Parquet shards, ledger, summary) from a folder of distinct small JPEGs.
+The engine is a stand-in that answers instantly from the pixels: what is measured here is the plumbing, which
+is what grows (or not) with the number of inputs; a model's memory does not depend on how many images pass.
+
+    python benchmarks/memory_flat.py            # 1,000 vs 20,000 images
+    python benchmarks/memory_flat.py --small 200 --large 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+from capmill.engines import ENGINES
+from capmill.engines.base import Engine
+from capmill.records import Generation
+
+class Echo(Engine):
+    name = "bench-echo"
+    def generate(self, requests):
+        out = []
+        for r in requests:
+            px = r.images[0].resize((1, 1)).getpixel((0, 0))
+            out.append(Generation(text=f"a square of color {px}", prompt_tokens=10, completion_tokens=6))
+        return out
+
+ENGINES.register("bench-echo", Echo)
+from capmill.captioner import Captioner
+from capmill.data.sources import SourceOptions
+from capmill.run.local import CaptionJob, LocalRunner
+from capmill.run.pipeline import PipelineOptions
+
+folder, run_dir, model, n = sys.argv[1:5]
+start = time.perf_counter()
+job = CaptionJob(
+    inputs=[folder], run_dir=run_dir, fmt="parquet", shard_size=1000, progress=False,
+    make_captioner=lambda: Captioner(model=model, profile="inkscope-2b", engine="bench-echo"),
+    pipeline=PipelineOptions(batch_size=16, workers=1),
+)
+summary = LocalRunner(job).run()
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps({"n": int(n), "records": summary["run"]["records"], "seconds": time.perf_counter() - start,
+                  "peak_rss_main": own, "peak_rss_worker": workers}))
+"""
+
+
+def make_images(folder: Path, n: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        buf = io.BytesIO()
+        # distinct content (no deduplication shortcut): the index spread over three channels
+        Image.new("RGB", (32, 32), (i % 256, (i // 256) % 256, (i // 65536) % 256)).save(buf, "JPEG", quality=95)
+        (folder / f"{i // 1000:03d}" / f"{i:06d}.jpg").parent.mkdir(exist_ok=True)
+        (folder / f"{i // 1000:03d}" / f"{i:06d}.jpg").write_bytes(buf.getvalue())
+
+
+def run(folder: Path, work: Path, model: Path, n: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), str(work / f"run-{n}"), str(model), str(n)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=1_000)
+    parser.add_argument("--large", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="capmill-mem-") as tmp:
+        work = Path(tmp)
+        model = work / "model"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+        t = time.perf_counter()
+        make_images(work / "small", args.small)
+        make_images(work / "large", args.large)
+        print(f"made {args.small + args.large} images in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        small = run(work / "small", work, model, args.small)
+        large = run(work / "large", work, model, args.large)
+    mb = 1024 * 1024
+    print(f"{'images':>8} {'records':>8} {'seconds':>8} {'img/s':>7} {'main MB':>8} {'worker MB':>9} {'total MB':>8}")
+    for r in (small, large):
+        total = r["peak_rss_main"] + r["peak_rss_worker"]
+        print(
+            f"{r['n']:>8} {r['records']:>8} {r['seconds']:>8.1f} {r['records'] / r['seconds']:>7.0f} "
+            f"{r['peak_rss_main'] / mb:>8.1f} {r['peak_rss_worker'] / mb:>9.1f} {total / mb:>8.1f}"
+        )
+    growth = (
+        large["peak_rss_main"] + large["peak_rss_worker"] - small["peak_rss_main"] - small["peak_rss_worker"]
+    ) / mb
+    verdict = "within" if growth <= 100 else "OVER"
+    print(f"peak RSS growth {args.small} -> {args.large} images: {growth:+.1f} MB ({verdict} the 100 MB budget)")
+    assert small["records"] == args.small and large["records"] == args.large
+
+
+if __name__ == "__main__":
+    main()
