@@ -78,3 +78,31 @@ def test_cli_qa_with_transformers_answerer(tiny_model, two_runs, tmp_path):
     assert "QA utility (CapRL / Prism)" in (out / "index.html").read_text()
     if qa["accuracy"] < 1.0:  # random weights: some question goes unanswered, and the worst page lists it
         assert "questions the captions did not answer" in (out / "worst.html").read_text()
+
+
+def test_cli_qa_with_default_openai_answerer_on_capmill_serve(tiny_model, two_runs, tmp_path):
+    """The default answerer engine (OpenAI-compatible HTTP) against a real `capmill serve` on 127.0.0.1."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "serve"))
+    from serve_helpers import serve
+
+    from capmill.captioner import Captioner
+    from capmill.cli.main import main
+
+    human, _ = two_runs
+    cap = Captioner(model=str(tiny_model("qwen2_vl")), profile="generic", decoding={"max_new_tokens": 8})
+    try:
+        with serve(cap, served_model_names=["answerer"], max_batch=8, max_wait_ms=20) as server:
+            out = tmp_path / "http-qa"
+            rc = main(["eval", str(human), "--qa", str(QA_FILE), "--answerer", "answerer", "--answerer-url",
+                       f"{server.url}/v1", "--qa-samples", "2", "--qa-max-tokens", "4", "--out", str(out)])  # fmt: skip
+            assert rc == 0
+    finally:
+        cap.close()
+    data = json.loads((out / "metrics.json").read_text())["runs"]["human"]
+    assert data["qa"]["questions"] == 14 and data["qa"]["samples"] == 2
+    responses = [r for q in data["qa_questions"] for r in q["responses"]]
+    assert len(responses) == 28 and all(r["error"] is None and r["response"] for r in responses)
