@@ -82,3 +82,11 @@ def test_metric_names_are_checked():
 def test_subset_file_is_real_coco(loo):
     data = json.loads(loo["refs"].read_text())
     assert len(data["images"]) == 20 and len(data["annotations"]) == 80  # four references left per image
+
+
+def test_missing_java_is_a_clear_config_error(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="need Java"):
+        coco_scores({"1": ["a cat"]}, {"1": "a cat"}, ["bleu"])

@@ -73,7 +73,7 @@ def build_answerer(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from capmill.eval.coco_metrics import parse_metrics
+    from capmill.eval.coco_metrics import check_java, parse_metrics
     from capmill.eval.lengths import length_encoders, parse_overrides
     from capmill.eval.qa_utility import load_qa
     from capmill.eval.refs import load_references
@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     metrics_arg = [m.strip() for m in args.metrics.split(",") if m.strip()]
     coco = metrics_arg != ["none"]
     metrics = parse_metrics(metrics_arg) if coco else []
+    if coco and args.refs:
+        check_java()
     if args.qa and not args.answerer:
         raise ConfigError("--qa needs --answerer MODEL")
     if args.qa_samples < 1:

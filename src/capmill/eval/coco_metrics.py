@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import importlib.util
 import io
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,15 @@ def _pycocoevalcap_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError("pycocoevalcap", "eval", "COCO caption metrics")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def check_java() -> None:
+    """pycocoevalcap's tokenizer and METEOR run in Java: say so before any work when it is missing."""
+    if shutil.which("java") is None:
+        raise ConfigError(
+            "COCO metrics need Java (pycocoevalcap's PTB tokenizer and METEOR are Java programs) and no `java` is "
+            "on PATH: install a Java runtime (e.g. apt-get install default-jre-headless) or pass --metrics none"
+        )
 
 
 def spice_available() -> bool:
@@ -99,6 +109,7 @@ def coco_scores(gts: dict[str, list[str]], res: dict[str, str], metrics: list[st
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     metrics = parse_metrics(metrics)
+    check_java()
     out = CocoScores()
     if set(gts) != set(res):
         raise ValueError("captions and references must have the same keys")
