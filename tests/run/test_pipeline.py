@@ -205,3 +205,29 @@ def test_progress_plain_lines():
     progress.close(stats)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("capmill: 4/10 done (0 resumed, 1 errors)") and "img/s" in lines[0]
+
+
+def test_duplicates_of_an_input_that_fails_in_prepare_get_its_error(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(b"same bytes")  # BLIP-2 takes no video: prepare refuses it
+    (folder / "b.mp4").write_bytes(b"same bytes")
+    model = model_dir(tmp_path / "m", "blip-2")
+    summary = LocalRunner(job([folder], tmp_path / "run", model, profile="blip2-lora")).run()
+    records = by_id(tmp_path / "run")
+    assert [r.status for r in records.values()] == ["error", "error"] and summary["run"]["records"] == 2
+    assert records[str(folder / "b.mp4")].meta["duplicate_of"] == str(folder / "a.mp4")
+    assert ScriptedEngine.calls == []
+
+
+def test_progress_rich_bar():
+    from capmill.run.progress import Progress
+    from capmill.run.stats import Stats
+
+    stream = io.StringIO()
+    stats = Stats(total=10, written=3)
+    progress = Progress(stream, rich=True)
+    progress.update(stats)
+    stats.written = 10
+    progress.close(stats)
+    assert "capmill" in stream.getvalue() and "10/10" in stream.getvalue() and "img/s" in stream.getvalue()

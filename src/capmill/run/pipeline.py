@@ -148,7 +148,7 @@ class Pipeline:
             item, error, seconds = future.result()
             self.stats.add_time("read", seconds)
             if error is not None:
-                self._put(self._records, ("error", item, error))
+                self._put(self._records, ("error", item, error, False))
                 continue
             key = item.content_hash
             if key in self._sent or self.out.ledger.find_key(self.out.key_for(key)) is not None:
@@ -159,8 +159,8 @@ class Pipeline:
             start = time.perf_counter()
             try:
                 request = self.captioner.prepare(item, self.options.mode)
-            except InputError as exc:
-                self._put(self._records, ("error", item, exc))
+            except InputError as exc:  # its duplicates, if any, wait for this record
+                self._put(self._records, ("error", item, exc, True))
                 continue
             finally:
                 self.stats.add_time("preprocess", time.perf_counter() - start)
@@ -245,10 +245,11 @@ class Pipeline:
                     self._emit(item, record, _generation_reason(record, generation))
                     self._remember(item.content_hash, record)
             elif kind == "error":
-                item, error = message[1], message[2]
-                self._emit(
-                    item, self.captioner.error_record(item, str(error)), getattr(error, "reason", None) or "error"
-                )
+                item, error, original = message[1], message[2], message[3]
+                record = self.captioner.error_record(item, str(error))
+                self._emit(item, record, getattr(error, "reason", None) or "error")
+                if original:
+                    self._remember(item.content_hash, record)
             else:
                 self._copy(message[1])
         if self._waiting:  # cannot happen unless an original was lost; never drop an input silently

@@ -49,14 +49,17 @@ def make_pool(workers: int) -> Executor:
     import multiprocessing
 
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     )
 
 
-def _lower_priority() -> None:
-    """Decoding only has to keep ahead of the model: on a busy CPU the model's threads go first."""
+def _init_worker() -> None:
+    """Ctrl-C is the parent's to handle (it commits what is done); decoding only has to keep ahead of the model,
+    so on a busy CPU the model's threads go first."""
     import os
+    import signal
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(5)
     except OSError:
