@@ -222,8 +222,13 @@ def _slow(text: str) -> ParseResult:
         if all(other == caption for other in captions):
             notes.append(f"{len(chosen)} identical {TOOL_NAME} calls; kept one")
         else:
+            others_said = [
+                f"call {i + 1} {'differs' if other is not None else 'refused: ' + refused[0]}"
+                for i, (other, _, refused) in enumerate(results)
+                if i != pick and other != caption
+            ]
             notes.append(
-                f"{len(chosen)} {TOOL_NAME} calls with different content; used call {pick + 1}, the first valid one"
+                f"{len(chosen)} {TOOL_NAME} calls; used call {pick + 1}, the first valid one ({'; '.join(others_said)})"
             )
     errors = caption_notes + notes
     return ParseResult("repaired" if errors else "ok", caption, errors, text, chosen[pick].form)
