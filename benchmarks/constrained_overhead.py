@@ -74,7 +74,7 @@ def end_to_end(batch: int, max_new_tokens: int) -> None:
         from capmill.schema import EMIT_CAPTION_TOOL
 
         rows = {}
-        for rnd in range(2):
+        for _round in range(2):
             for label, constraint in (("unconstrained", None), ("constrained", {"tool_call": EMIT_CAPTION_TOOL})):
                 for r in base:
                     r.constraint = constraint
