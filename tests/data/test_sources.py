@@ -262,3 +262,10 @@ def test_spec_parser(tmp_path):
         "csv",
         "text",
     }
+
+
+def test_folder_symlink_loop_lists_each_file_once(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jpg").write_bytes(jpeg())
+    os.symlink(tmp_path, tmp_path / "sub" / "loop")
+    assert [i.id for i in open_sources([str(tmp_path)])] == [str(tmp_path / "sub" / "a.jpg")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from capmill.errors import InputError
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
 DEFAULT_MAX_SIDE = 32_768  # no captioner resizes sensibly from a side longer than this
 DEFAULT_MAX_ASPECT = 200.0  # Qwen-VL processors refuse more than 200:1
+
+_PIL_LIMIT = threading.Lock()  # PIL's pixel limit is process-global: threads swap it one at a time
 
 # Format names PIL reports -> the file extension trainers expect.
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpg"}
@@ -52,7 +55,7 @@ def decode_with_format(data: bytes | None, source: str, options: DecodeOptions) 
     if not data:
         raise InputError(source, "empty file", "0 bytes")
     try:
-        with warnings.catch_warnings():
+        with _PIL_LIMIT, warnings.catch_warnings():
             # our own pixel limit below replaces PIL's global one, which cannot be set per call
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             saved = Image.MAX_IMAGE_PIXELS

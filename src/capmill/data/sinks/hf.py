@@ -18,15 +18,19 @@ def save_parquet_as_hf(parquet_files: Sequence[str], path: str) -> None:
         import datasets
     except ImportError as exc:
         raise MissingDependencyError("datasets", "datasets", "the Hugging Face dataset output") from exc
-    tmp = f"{path}.capmill-tmp"
+    tmp, cache = f"{path}.capmill-tmp", f"{path}.capmill-cache"
     shutil.rmtree(tmp, ignore_errors=True)
-    if parquet_files:
-        ds = datasets.Dataset.from_parquet(list(parquet_files), keep_in_memory=True)
-    else:
-        from capmill.data.sinks.parquet import record_schema
+    try:
+        if parquet_files:  # through an Arrow cache on disk beside the target: a large run is never all in memory
+            ds = datasets.Dataset.from_parquet(list(parquet_files), cache_dir=cache)
+        else:
+            from capmill.data.sinks.parquet import record_schema
 
-        ds = datasets.Dataset(record_schema().empty_table())
-    ds.save_to_disk(tmp)
+            ds = datasets.Dataset(record_schema().empty_table())
+        ds.save_to_disk(tmp)
+        del ds
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 

@@ -30,7 +30,13 @@ class FolderSource(ListingSource):
     def __iter__(self) -> Iterator[Item]:
         root = self.spec
         text_mode, video = self.options.text_mode, self.options.include_video
+        visited: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in visited:  # a symlink loop, or two links to one folder: each file once
+                dirnames.clear()
+                continue
+            visited.add(real)
             dirnames.sort()
             if not self.options.recursive:
                 dirnames.clear()
