@@ -15,7 +15,18 @@ def test_train_json_captioner_then_merge(tiny_model, chat_jsonl, tmp_path, capsy
     base = tiny_model("qwen3_5")
     run = tmp_path / "run"
     args = ["train", "--preset", "json-captioner", "--base", str(base), "--data", str(chat_jsonl), "--out", str(run)]
-    args += ["--max-steps", "2", "--batch-size", "2", "--set", "lora.r=4", "--set", "lora.alpha=8", "--no-progress", "--json"]
+    args += [
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "lora.alpha=8",
+        "--no-progress",
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["completed"] and summary["steps"] == 2 and summary["rejected_rows"] == 0
