@@ -131,10 +131,10 @@ def _read_parameter(text: str, pos: int, call: Call) -> tuple[int, bool, str | N
         value = _text_value(call, key, text[start:end])
         complete = tag is not None
     _set_arg(call, key, value)
-    tail = _PARAMETER_TAIL.match(text, end)
-    if tail.group(1):
-        return tail.end(), True, key
-    after = tail.end()
+    tail = _PARAMETER_TAIL.match(text, end)  # always matches (it can match the empty string)
+    if tail.group(1):  # type: ignore[union-attr]
+        return tail.end(), True, key  # type: ignore[union-attr]
+    after = tail.end()  # type: ignore[union-attr]
     tag = _NEXT_TAG.match(text, after)
     if tag is None and after < len(text):
         nxt = _NEXT_TAG.search(text, after)

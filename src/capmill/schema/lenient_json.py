@@ -102,7 +102,7 @@ def loads_lenient(text: str) -> tuple[Any, list[str]]:
     joined = "".join(out)
     try:
         value, end = _LOOSE.raw_decode(joined)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ValueParseError(f"malformed JSON ({exc.msg})") from None
     except RecursionError:
         raise ValueParseError("nested too deeply") from None
