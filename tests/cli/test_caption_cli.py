@@ -113,3 +113,27 @@ def test_parquet_out_and_config_errors(scripted, tmp_path, capsys):
     assert main(["caption", str(tmp_path / "missing"), *common]) == 2
     err = capsys.readouterr().err
     assert "use a .jsonl or .parquet file" in err and "no such file or folder" in err
+
+
+def test_json_captioner_structured_to_parquet_on_the_real_tiny_qwen3_5(tmp_path, photos, tiny_model):
+    """Issue 5 (c)'s path: a folder to Parquet under the scaffolded JSON captioner; same records as the API."""
+    from capmill.captioner import Captioner
+    from capmill.data.runfolder import read_records
+
+    model = str(tiny_model("qwen3_5"))
+    scaffold = str(Path(__file__).parents[1] / "models" / "data" / "scaffold_standin.jsonl")
+    run_dir = tmp_path / "run"
+    argv = ["caption", str(photos), "--model", model, "--profile", "json-captioner", "--scaffold", scaffold,
+            "--run-dir", str(run_dir), "--format", "parquet", "--max-new-tokens", "12", "--batch-size", "3",
+            "--workers", "1", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    records = {Path(r.id).name: r for r in read_records(str(run_dir))}
+    assert records.pop("broken.jpg").status == "error"
+    assert all(r.status in ("ok", "repaired", "invalid") and r.raw is not None for r in records.values())
+    assert {r.mode for r in records.values()} == {"structured"}
+    api = Captioner(model=model, profile="json-captioner", scaffold=scaffold, decoding={"max_new_tokens": 12})
+    expected = {
+        Path(r.source).name: (r.status, r.raw, r.structured) for r in api.caption(sorted(photos.glob("0*.jpg")))
+    }
+    api.close()
+    assert {n: (r.status, r.raw, r.structured) for n, r in records.items()} == expected
