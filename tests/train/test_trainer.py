@@ -112,3 +112,24 @@ def test_bad_rows_are_logged_and_training_goes_on(tiny_model, pairs_jsonl, tmp_p
     empty.write_text(json.dumps(rows[2]) + "\n")
     with pytest.raises(TrainingError, match="no usable rows"):
         train(config(base, tmp_path / "run2", empty, stages=[{"name": "s", "data": [str(empty)]}]), progress=False)
+
+
+def test_blip2_recipe_trains_the_language_models_qkv_only(tiny_model, pairs_jsonl, tmp_path):
+    base = tiny_model("blip2")
+    raw = {
+        "preset": "blip2-lora",
+        "base": str(base),
+        "out": str(tmp_path / "run"),
+        "stages": [{"name": "captions", "data": [str(pairs_jsonl)], "limit": 8, "max_steps": 2}],
+        "batch_size": 4,
+        "grad_accumulation": 1,
+        "learning_rate": 1e-3,
+        "lora": {"r": 8, "alpha": 8},
+    }
+    result = train(build_config(raw), progress=False)
+    assert result.completed and all(torch.isfinite(torch.tensor(result.losses)))
+    from safetensors.torch import load_file
+
+    names = list(load_file(str(result.adapter_dir / "adapter_model.safetensors")))
+    assert names and all(".language_model." in n and n.split(".lora_")[0].rsplit(".", 1)[1] in "qkv" for n in names)
+    assert any(".decoder." in n and "EncDecAttention" in n for n in names)
