@@ -66,3 +66,7 @@ def test_a_cut_off_output_never_yields_a_different_caption(caption: StructuredCa
             assert result.caption == caption, (text[:cut], result.errors)
         else:
             assert result.status == "invalid" and result.errors
+    # Once every value is written in full, only closing tags can be missing: the caption is always recovered.
+    complete_from = text.index("\n</parameter>\n", text.index("<parameter=setting>"))
+    for cut in range(complete_from, len(text) + 1):
+        assert parse_tool_call(text[:cut]).caption == caption, text[:cut]

@@ -128,7 +128,10 @@ def _read_parameter(text: str, pos: int, call: Call) -> tuple[int, bool, str | N
     else:
         tag = _NEXT_TAG.search(text, start)
         end = tag.start() if tag else len(text)
-        value = _text_value(call, key, text[start:end])
+        raw = text[start:end]
+        if tag is None and (lt := raw.rfind("<")) >= 0 and _is_partial_tag(raw[lt:]):
+            raw = raw[:lt]  # cut off inside the closing tag ("indoor\n</param"): the value itself is whole
+        value = _text_value(call, key, raw)
         complete = tag is not None
     _set_arg(call, key, value)
     tail = _PARAMETER_TAIL.match(text, end)  # always matches (it can match the empty string)
