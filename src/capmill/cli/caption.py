@@ -178,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
     if not kinds or set(kinds) - {"txt", "json"}:
         raise ConfigError("--sidecar-kinds takes txt, json or txt,json")
     runner_cls = RUNNERS.get(args.runner)
+    if args.runner == "ray" and args.run_dir and not args.out and not args.format:
+        args.format = "parquet"  # a cluster run writes Parquet shards unless told otherwise
     run_dir, fmt, out_file, temporary = _outputs(args)
     kwargs = captioner_kwargs(args)
     probe_mode = args.mode or "caption"
