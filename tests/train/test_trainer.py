@@ -70,8 +70,12 @@ def test_curriculum_resumes_exactly_where_it_stopped(tiny_model, pairs_jsonl, tm
         "save_steps": 1,
     }
     straight = train(config(base, tmp_path / "a", pairs_jsonl, **over), progress=False)
-    first = train(config(base, tmp_path / "b", pairs_jsonl, **over), progress=False, stop_after=3)
-    assert not first.completed and first.global_step == 3 and first.adapter_dir is None
+    first = train(config(base, tmp_path / "b", pairs_jsonl, **over), progress=False, stop_after=1)
+    assert not first.completed and first.global_step == 1 and first.adapter_dir is None
+    again = train(
+        config(base, tmp_path / "b", pairs_jsonl, **over), progress=False, stop_after=2
+    )  # at the stage boundary
+    assert not again.completed and again.global_step == 2
     resumed = train(config(base, tmp_path / "b", pairs_jsonl, **over), progress=False)
     assert resumed.completed and resumed.global_step == 4
     a, b = _adapter_weights(straight.adapter_dir), _adapter_weights(resumed.adapter_dir)

@@ -77,12 +77,18 @@ def restore_weights(ckpt: Path, model: Any) -> None:
 
 
 def restore_optimizer(ckpt: Path, optimizer: Any, scheduler: Any) -> None:
-    import numpy as np
     import torch
 
     state = torch.load(ckpt / "optim.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+
+
+def restore_rng(ckpt: Path) -> None:
+    """Python, NumPy and torch RNG states as they were at the checkpoint (LoRA dropout draws from torch's)."""
+    import numpy as np
+    import torch
+
     rng = torch.load(ckpt / "rng.pt", weights_only=False)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])

@@ -155,8 +155,9 @@ def train(
             cache = _EncodeCache(encoder, config.encode_cache_mb)
             start = pos.step if si == pos.stage else 0
             if last and si == pos.stage:
-                if start > 0:
+                if start > 0:  # mid-stage: the same optimizer continues; at a stage start it is fresh anyway
                     ckpt.restore_optimizer(last, optimizer, scheduler)
+                ckpt.restore_rng(last)
             model.train()
             bar = _bar(total, start, f"stage {si + 1}/{len(config.stages)} {stage.name}", progress)
             t0 = time.perf_counter()
