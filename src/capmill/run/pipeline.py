@@ -84,6 +84,7 @@ class Pipeline:
         self._recent_size = max(self.options.recent_records, out.shard_size + 1)
         self._recent: OrderedDict[str, Record] = OrderedDict()
         self._sent_batches = 0
+        self._engine_loaded = False
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _put(self, q: queue.Queue, value: Any) -> None:
@@ -187,7 +188,7 @@ class Pipeline:
 
     def _generate(self) -> None:
         """The calling thread: keep the engine busy."""
-        loaded = False
+        loaded = self._engine_loaded
         while True:
             start = time.perf_counter()
             batch = self._get(self._batches)
@@ -287,6 +288,9 @@ class Pipeline:
             self._thread(self._write, "write"),
         ]
         try:
+            if self.out.ledger.count() == 0:  # a fresh run has work: load the weights while the workers start
+                self._load_engine()
+                self._engine_loaded = True
             self._generate()
             threads[2].join()
         except _Stopped:
