@@ -43,7 +43,10 @@ class ScriptedEngine(Engine):
         ScriptedEngine.calls.append(request.item_id)
         if "engine-fail" in request.item_id:
             return Generation(text="", error="scripted per-item failure", finish_reason="error")
-        if request.images:
+        if request.videos:
+            frames = request.videos[0]
+            text = f"video {len(frames)} frames {frames[0].width}x{frames[0].height}"
+        elif request.images:
             image = request.images[0]
             top = image.crop((0, 0, image.width, max(1, image.height // 4))).resize((1, 1)).getpixel((0, 0))
             text = f"image {image.width}x{image.height} top {top[0]},{top[1]},{top[2]}"

@@ -231,3 +231,27 @@ def test_progress_rich_bar():
     stats.written = 10
     progress.close(stats)
     assert "capmill" in stream.getvalue() and "10/10" in stream.getvalue() and "img/s" in stream.getvalue()
+
+
+def test_video_and_images_in_one_folder(tmp_path):
+    import av
+    import numpy as np
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with av.open(str(folder / "clip.mp4"), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 12 * i, dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    (folder / "still.jpg").write_bytes(jpeg())
+    (folder / "bad.mp4").write_bytes(b"not a video")
+    LocalRunner(job([folder], tmp_path / "run", model_dir(tmp_path / "m"), video_frames=4)).run()
+    records = {Path(i).name: r for i, r in by_id(tmp_path / "run").items()}
+    assert records["clip.mp4"].status == "ok" and records["clip.mp4"].caption.startswith("video 4 frames")
+    assert records["still.jpg"].caption.startswith("image ")
+    assert records["bad.mp4"].status == "error"
