@@ -255,3 +255,20 @@ def test_video_and_images_in_one_folder(tmp_path):
     assert records["clip.mp4"].status == "ok" and records["clip.mp4"].caption.startswith("video 4 frames")
     assert records["still.jpg"].caption.startswith("image ")
     assert records["bad.mp4"].status == "error"
+
+
+def test_downscaling_is_part_of_the_configuration(tmp_path):
+    from capmill.models.profiles import get_profile
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(PHOTOS[0], tmp_path / "in" / "p.jpg")  # 640 wide
+    model = model_dir(tmp_path / "m")
+    shrinking = get_profile("inkscope-2b").model_copy(update={"name": "small-side", "extra": {"max_image_side": 200}})
+    LocalRunner(job([tmp_path / "in"], tmp_path / "run", model, profile=shrinking)).run()
+    (record,) = by_id(tmp_path / "run").values()
+    width, height = map(int, record.caption.split()[1].split("x"))
+    assert max(width, height) <= 224  # downscaled to 200 before Qwen's resizing to multiples of 28
+    job_again = job([tmp_path / "in"], tmp_path / "run", model, profile=shrinking)
+    job_again.pipeline.decode = DecodeOptions(resize_max_side=300)
+    with pytest.raises(RunConflictError, match="image_resize"):
+        LocalRunner(job_again).run()

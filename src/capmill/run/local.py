@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -52,8 +53,7 @@ class LocalRunner:
         progress = Progress(rich=None) if job.progress is not False else None
         completed, failure = False, None
         try:
-            config = dict(captioner.settings())  # type: ignore[attr-defined]
-            config.setdefault("mode", job.pipeline.mode or getattr(captioner, "mode", None))
+            config, options = run_config(captioner, job)
             out = RunFolder(
                 job.run_dir,
                 config,
@@ -65,7 +65,7 @@ class LocalRunner:
             stats.times["load"] = time.perf_counter() - start  # the pipeline adds the weights' load
             threading.Thread(target=_count, args=(source, stats), daemon=True).start()
             pipeline = Pipeline(
-                captioner, source, out, job.pipeline, stats=stats, on_progress=progress.update if progress else None
+                captioner, source, out, options, stats=stats, on_progress=progress.update if progress else None
             )
             pipeline.run()
             if job.out_file:
@@ -85,6 +85,27 @@ class LocalRunner:
             if close:
                 close()
         return summary
+
+
+def run_config(captioner: Any, job: CaptionJob) -> tuple[dict[str, Any], PipelineOptions]:
+    """The run folder's configuration and the pipeline options, with a profile's own image downscaling.
+
+    A profile may allow downscaling large photos before the model sees them (`extra["max_image_side"]`, and
+    `extra["jpeg_draft"]`); none of the seed profiles does, since it changes pixels. Any downscaling changes
+    captions, so it becomes part of the configuration a resumed run must match.
+    """
+    config = dict(captioner.settings())
+    config.setdefault("mode", job.pipeline.mode or getattr(captioner, "mode", None))
+    options, decode = job.pipeline, job.pipeline.decode
+    extra = getattr(getattr(captioner, "profile", None), "extra", None) or {}
+    if decode.resize_max_side is None and extra.get("max_image_side"):
+        decode = dataclasses.replace(
+            decode, resize_max_side=int(extra["max_image_side"]), draft=bool(extra.get("jpeg_draft", False))
+        )
+        options = dataclasses.replace(options, decode=decode)
+    if decode.resize_max_side:
+        config["image_resize"] = {"max_side": decode.resize_max_side, "draft": decode.draft}
+    return config, options
 
 
 def _count(source: Any, stats: Stats) -> None:
