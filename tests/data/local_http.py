@@ -28,6 +28,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/slow.jpg":
             time.sleep(2.0)
             return self._send(200, jpeg())
+        if self.path == "/drip.jpg":  # answers at once, then one byte at a time, slowly
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return None
         if self.path == "/big.jpg":
             return self._send(200, b"\xff\xd8" + b"\0" * 300_000)
         return self._send(404, b"not found")

@@ -20,7 +20,7 @@ from capmill.errors import ConfigError, InputError
 PHOTOS = sorted(p.name for p in COCO.glob("*.jpg"))
 
 
-def loaded(source, fetch=FetchOptions(timeout=0.5, retries=1, backoff=0.05, max_bytes=100_000)):
+def loaded(source, fetch=FetchOptions(timeout=0.5, retries=1, backoff=0.05, max_bytes=100_000, total_timeout_factor=2)):
     """(id, data or text, error reason) for every item, fetching lazily as the workers would."""
     out = []
     for item in source:
@@ -76,6 +76,7 @@ def test_permission_denied_is_unreadable(tmp_path):
 def test_url_list_404_timeout_retry_and_size_cap(tmp_path):
     with serve() as base:
         urls = [f"{base}/img/7.jpg", f"{base}/missing.jpg", f"{base}/slow.jpg", f"{base}/flaky.jpg", f"{base}/big.jpg"]
+        urls.append(f"{base}/drip.jpg")
         (tmp_path / "urls.txt").write_text("\n".join(urls) + "\nftp://nope\n")
         assert infer_kind(str(tmp_path / "urls.txt")) == ("urls", str(tmp_path / "urls.txt"))
         got = loaded(open_sources([str(tmp_path / "urls.txt")]))
@@ -86,6 +87,7 @@ def test_url_list_404_timeout_retry_and_size_cap(tmp_path):
         urls[2]: "timeout",
         urls[3]: None,  # 503 once, then retried
         urls[4]: "download too large",
+        urls[5]: "timeout",  # each byte within the read timeout, the whole beyond 2 timeouts
         "ftp://nope": "bad url",
     }
     assert got[0][1][:2] == b"\xff\xd8"

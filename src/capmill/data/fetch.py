@@ -19,6 +19,7 @@ class FetchOptions:
     retries: int = 2
     backoff: float = 0.5
     max_bytes: int = 256 * 1024 * 1024
+    total_timeout_factor: float = 6.0  # a whole download may take this many timeouts
     user_agent: str = "capmill (+https://github.com/capmill)"
 
 
@@ -107,8 +108,10 @@ def _get(url: str, options: FetchOptions) -> bytes:
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > options.max_bytes:
             raise InputError(url, "download too large", f"{declared} bytes > limit {options.max_bytes}")
-        chunks, total = [], 0
+        chunks, total, deadline = [], 0, time.monotonic() + options.timeout * options.total_timeout_factor
         for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:  # a server dripping bytes never trips the per-read timeout
+                raise httpx.ReadTimeout(f"download took over {options.timeout * options.total_timeout_factor:g}s")
             total += len(chunk)
             if total > options.max_bytes:
                 raise InputError(url, "download too large", f"more than {options.max_bytes} bytes")
