@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,32 +162,43 @@ def train(
             model.train()
             bar = _bar(total, start, f"stage {si + 1}/{len(config.stages)} {stage.name}", progress)
             t0 = time.perf_counter()
-            for step in range(start, total):
-                encoded = []
-                for i in _batch_rows(len(examples), step, per_epoch, config.batch_size, config.seed + 1000 * si):
-                    try:
-                        encoded.append(cache.get(i, examples[i]))
-                    except RowError as exc:
-                        rejects.append(Reject(examples[i].source, str(exc)))
-                loss_value, tokens = _optimizer_step(model, optimizer, encoded, config, pad_id, device, autocast)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                pos = ckpt.Position(si, step + 1, pos.global_step + 1)
-                losses.append(loss_value)
-                if step % config.logging_steps == 0 or step + 1 == total:
-                    log.log({
-                        "stage": si, "stage_name": stage.name, "step": step + 1, "global_step": pos.global_step,
-                        "epoch": round((step + 1) / per_epoch, 4), "loss": loss_value,
-                        "lr": scheduler.get_last_lr()[0], "tokens": tokens, "seconds": round(time.perf_counter() - t0, 3),
-                    })  # fmt: skip
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                stopping = stop_after is not None and pos.global_step >= stop_after
-                if (step + 1) % config.save_steps == 0 or stopping:
-                    ckpt.save(run, pos, model, optimizer, scheduler, config.keep_checkpoints)
-                if stopping and step + 1 < total:
-                    bar.close()
-                    return TrainResult(run, None, False, pos.global_step, losses, n_rejects + len(rejects))
+            seed = config.seed + 1000 * si
+
+            # The next step's rows are decoded and tokenized on a worker thread while this step computes, so
+            # image preprocessing does not leave the accelerator idle (torch releases the GIL while it works).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="capmill-encode") as pool:
+                pending = (
+                    pool.submit(_encode_step, cache, examples, start, per_epoch, config.batch_size, seed)
+                    if start < total
+                    else None
+                )
+                for step in range(start, total):
+                    encoded, failed = pending.result()
+                    rejects.extend(failed)
+                    pending = (
+                        pool.submit(_encode_step, cache, examples, step + 1, per_epoch, config.batch_size, seed)
+                        if step + 1 < total
+                        else None
+                    )
+                    loss_value, tokens = _optimizer_step(model, optimizer, encoded, config, pad_id, device, autocast)
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    pos = ckpt.Position(si, step + 1, pos.global_step + 1)
+                    losses.append(loss_value)
+                    if step % config.logging_steps == 0 or step + 1 == total:
+                        log.log({
+                            "stage": si, "stage_name": stage.name, "step": step + 1, "global_step": pos.global_step,
+                            "epoch": round((step + 1) / per_epoch, 4), "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                            "tokens": tokens, "seconds": round(time.perf_counter() - t0, 3),
+                        })  # fmt: skip
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                    stopping = stop_after is not None and pos.global_step >= stop_after
+                    if (step + 1) % config.save_steps == 0 or stopping:
+                        ckpt.save(run, pos, model, optimizer, scheduler, config.keep_checkpoints)
+                    if stopping and step + 1 < total:
+                        bar.close()
+                        return TrainResult(run, None, False, pos.global_step, losses, n_rejects + len(rejects))
             bar.close()
             _write_rejects(run, si, _unique(rejects))
             n_rejects += len(_unique(rejects))
@@ -231,6 +243,17 @@ def _batch_rows(n: int, step: int, per_epoch: int, batch_size: int, seed: int) -
     epoch, index = divmod(step, per_epoch)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return order[index * batch_size : (index + 1) * batch_size]
+
+
+def _encode_step(cache, examples: list[Example], step: int, per_epoch: int, batch_size: int, seed: int):
+    """Encoded rows of one optimizer step, and rejects for rows that cannot train."""
+    rows, failed = [], []
+    for i in _batch_rows(len(examples), step, per_epoch, batch_size, seed):
+        try:
+            rows.append(cache.get(i, examples[i]))
+        except RowError as exc:
+            failed.append(Reject(examples[i].source, str(exc)))
+    return rows, failed
 
 
 class _EncodeCache:
