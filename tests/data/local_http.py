@@ -12,12 +12,23 @@ from make_inputs import jpeg
 
 class _Handler(BaseHTTPRequestHandler):
     hits: dict[str, int] = {}
+    in_flight = 0
+    max_in_flight = 0
+    lock = threading.Lock()
 
     def log_message(self, *args):  # quiet
         pass
 
     def do_GET(self):  # noqa: N802 - http.server's name
         self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        if self.path.startswith("/lag/"):  # a good image after a network-like delay; counts concurrent requests
+            with self.lock:
+                _Handler.in_flight += 1
+                _Handler.max_in_flight = max(_Handler.max_in_flight, _Handler.in_flight)
+            time.sleep(0.2)
+            with self.lock:
+                _Handler.in_flight -= 1
+            return self._send(200, jpeg((int(self.path.split("/")[-1].split(".")[0]) % 256, 7, 7)))
         if self.path.startswith("/img/"):
             color = int(self.path.split("/")[-1].split(".")[0]) % 256
             return self._send(200, jpeg((color, 100, 50)))
@@ -54,12 +65,16 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # many concurrent downloads
+    daemon_threads = True
+
+
 @contextmanager
 def serve():
-    """Yields the base URL, e.g. http://127.0.0.1:PORT ."""
-    _Handler.hits = {}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
+    """Yields the base URL, e.g. http://127.0.0.1:PORT ; `_Handler` keeps hit counts and peak concurrency."""
+    _Handler.hits, _Handler.in_flight, _Handler.max_in_flight = {}, 0, 0
+    server = _Server(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -272,3 +272,18 @@ def test_downscaling_is_part_of_the_configuration(tmp_path):
     job_again.pipeline.decode = DecodeOptions(resize_max_side=300)
     with pytest.raises(RunConflictError, match="image_resize"):
         LocalRunner(job_again).run()
+
+
+def test_url_downloads_run_concurrently(tmp_path):
+    from local_http import _Handler
+
+    with serve() as base:
+        (tmp_path / "urls.txt").write_text("".join(f"{base}/lag/{i}.jpg\n" for i in range(24)))
+        test_job = job([tmp_path / "urls.txt"], tmp_path / "run", model_dir(tmp_path / "m"), workers=1)
+        test_job.pipeline.fetch_threads = 8
+        test_job.pipeline.fetch = FetchOptions(timeout=10, retries=1)
+        LocalRunner(test_job).run()
+        peak = _Handler.max_in_flight
+    records = by_id(tmp_path / "run")
+    assert len(records) == 24 and all(r.status == "ok" for r in records.values())
+    assert peak > 1, "downloads went one at a time"

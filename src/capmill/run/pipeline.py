@@ -27,6 +27,7 @@ from capmill.run.stats import Stats
 from capmill.run.workers import done_future, load_item, make_pool
 
 _END = object()
+_ABORT = object()
 
 
 class CaptionerLike(Protocol):
@@ -43,7 +44,8 @@ class PipelineOptions:
     mode: str | None = None  # None: the captioner's own mode
     batch_size: int = 8
     workers: int = 1  # fetch+decode processes; 0 decodes in a thread of this process
-    prefetch: int | None = None  # decoded items held ahead of the model (default: 4 batches)
+    prefetch: int | None = None  # decoded items held ahead of the model (default: 4 batches, at least 2x fetches)
+    fetch_threads: int = 16  # concurrent URL downloads (0: in the decode workers, one at a time each)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     fetch: FetchOptions = field(default_factory=FetchOptions)
     group_batches: int = 4  # requests of this many batches are sorted by size before batching
@@ -71,11 +73,12 @@ class Pipeline:
         self.options = options or PipelineOptions()
         self.stats = stats or Stats()
         self.on_progress = on_progress or (lambda stats: None)
-        prefetch = self.options.prefetch or max(8, 4 * self.options.batch_size)
+        prefetch = self.options.prefetch or max(8, 4 * self.options.batch_size, 2 * self.options.fetch_threads)
         self._loaded: queue.Queue = queue.Queue(maxsize=prefetch)
         self._batches: queue.Queue = queue.Queue(maxsize=2)
         self._records: queue.Queue = queue.Queue(maxsize=4 * self.options.batch_size + 16)
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # everything stops
+        self._halt_inputs = threading.Event()  # reading and batching stop; the writer finishes what is generated
         self._errors: list[BaseException] = []
         # deduplication state: keys sent to the model this session, followers waiting for their original
         self._sent: set[str] = set()
@@ -85,11 +88,12 @@ class Pipeline:
         self._recent: OrderedDict[str, Record] = OrderedDict()
         self._sent_batches = 0
         self._engine_loaded = False
+        self._fetch_pool: Executor | None = None
 
     # -- plumbing --------------------------------------------------------------------------------------
-    def _put(self, q: queue.Queue, value: Any) -> None:
+    def _put(self, q: queue.Queue, value: Any, inputs: bool = False) -> None:
         while True:
-            if self._stop.is_set():
+            if self._stop.is_set() or (inputs and self._halt_inputs.is_set()):
                 raise _Stopped
             try:
                 q.put(value, timeout=0.1)
@@ -97,9 +101,9 @@ class Pipeline:
             except queue.Full:
                 continue
 
-    def _get(self, q: queue.Queue) -> Any:
+    def _get(self, q: queue.Queue, inputs: bool = False) -> Any:
         while True:
-            if self._stop.is_set():
+            if self._stop.is_set() or (inputs and self._halt_inputs.is_set()):
                 raise _Stopped
             try:
                 return q.get(timeout=0.1)
@@ -135,33 +139,46 @@ class Pipeline:
                 self.stats.skipped_done += 1
                 continue
             needs_work = item.error is None and (item.kind != "text" or item.text is None)
-            future = pool.submit(load_item, item, opts.decode, opts.fetch) if needs_work else done_future(item)
-            self._put(self._loaded, future)
-        self._put(self._loaded, _END)
+            if not needs_work:
+                future = done_future(item)
+            elif "url" in item.meta and opts.fetch_threads > 0:
+                future = self._url_pool().submit(load_item, item, opts.decode, opts.fetch)
+            else:
+                future = pool.submit(load_item, item, opts.decode, opts.fetch)
+            self._put(self._loaded, future, inputs=True)
+        self._put(self._loaded, _END, inputs=True)
+
+    def _url_pool(self) -> Executor:
+        """Downloads wait on the network, not the CPU: many at once, in threads (decoding releases the GIL)."""
+        if self._fetch_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._fetch_pool = ThreadPoolExecutor(self.options.fetch_threads, thread_name_prefix="capmill-fetch")
+        return self._fetch_pool
 
     def _batch(self) -> None:
         """Decoded items in input order -> deduplicate -> prepare -> batches for the model."""
         batch: list[tuple[Item, Request]] = []
         while True:
-            future = self._get(self._loaded)
+            future = self._get(self._loaded, inputs=True)
             if future is _END:
                 break
             item, error, seconds = future.result()
             self.stats.add_time("read", seconds)
             if error is not None:
-                self._put(self._records, ("error", item, error, False))
+                self._put(self._records, ("error", item, error, False), inputs=True)
                 continue
             key = item.content_hash
             if key in self._sent or self.out.ledger.find_key(self.out.key_for(key)) is not None:
                 self.stats.duplicates += 1
-                self._put(self._records, ("copy", item, None))
+                self._put(self._records, ("copy", item, None), inputs=True)
                 continue
             self._sent.add(key)
             start = time.perf_counter()
             try:
                 request = self.captioner.prepare(item, self.options.mode)
             except InputError as exc:  # its duplicates, if any, wait for this record
-                self._put(self._records, ("error", item, exc, True))
+                self._put(self._records, ("error", item, exc, True), inputs=True)
                 continue
             finally:
                 self.stats.add_time("preprocess", time.perf_counter() - start)
@@ -174,14 +191,14 @@ class Pipeline:
             if len(batch) >= window:
                 batch = self._flush(batch, final=False)
         self._flush(batch, final=True)
-        self._put(self._batches, _END)
+        self._put(self._batches, _END, inputs=True)
 
     def _flush(self, pending: list[tuple[Item, Request]], final: bool) -> list[tuple[Item, Request]]:
         """Send batches of similar-sized requests (less padding); keep the remainder unless this is the end."""
         pending.sort(key=lambda pair: _request_size(pair[1]))
         size = self.options.batch_size
         while len(pending) >= size or (final and pending):
-            self._put(self._batches, pending[:size])
+            self._put(self._batches, pending[:size], inputs=True)
             self._sent_batches += 1
             pending = pending[size:]
         return pending
@@ -235,6 +252,8 @@ class Pipeline:
         """Parse, copy records to duplicates, and hand everything to the run folder."""
         while True:
             message = self._get(self._records)
+            if message is _ABORT:
+                return  # the model failed: what it produced is written; duplicates still waiting are redone later
             if message is _END:
                 break
             kind = message[0]
@@ -279,6 +298,16 @@ class Pipeline:
             self._emit(item, _copy_for(item, original), None)
 
     # -- driver ----------------------------------------------------------------------------------------
+    def _finish_writing(self, writer: threading.Thread) -> None:
+        """After the model failed (or Ctrl-C): let the writer write every record already generated."""
+        if not writer.is_alive():
+            return
+        try:
+            self._put(self._records, _ABORT)
+        except _Stopped:  # the writer itself failed
+            return
+        writer.join(timeout=120)
+
     def run(self) -> Stats:
         """Run to the end of the sources. On any failure, what was finished is still committed."""
         pool = make_pool(self.options.workers)
@@ -296,13 +325,16 @@ class Pipeline:
         except _Stopped:
             pass
         except BaseException:
-            self._stop.set()
+            self._halt_inputs.set()
+            self._finish_writing(threads[2])
             raise
         finally:
             self._stop.set()
             for thread in threads:
                 thread.join(timeout=10)
             pool.shutdown(wait=True, cancel_futures=True)
+            if self._fetch_pool is not None:
+                self._fetch_pool.shutdown(wait=True, cancel_futures=True)
             self.out.commit()  # everything already handed to the run folder is complete: keep it
         if self._errors:
             raise self._errors[0]
