@@ -82,6 +82,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--draft", action="store_true", help="with --resize-max-side: JPEG draft decoding (faster)")
     i.add_argument("--timeout", type=float, default=10.0, help="URL inputs: seconds per request")
     i.add_argument("--retries", type=int, default=2, help="URL inputs: retries on timeouts and 5xx")
+    i.add_argument("--download-threads", type=int, default=16, help="URL inputs: downloads at once")
     i.add_argument("--max-download-mb", type=float, default=256.0, help="URL inputs: size cap")
 
 
@@ -207,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
             mode=args.mode,
             batch_size=args.batch_size * n_devices,  # a full batch for every device
             workers=workers,
+            fetch_threads=max(0, args.download_threads),
             decode=DecodeOptions(
                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, resize_max_side=args.resize_max_side, draft=args.draft
             ),
