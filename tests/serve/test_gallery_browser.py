@@ -138,7 +138,7 @@ def test_browse_filter_search_edit_and_export(page, browse_server, run_dir):  # 
     page.wait_for_function("() => document.querySelectorAll('#browse-grid .card').length === 8")
 
     # Edit a caption and save it; the model's caption stays visible and in the run folder.
-    card = page.query_selector("#browse-grid .card[data-status='ok']")
+    card = page.query_selector("#browse-grid .card[data-status='ok']:not(:has(.badge.edited))")
     record_id = card.get_attribute("data-id")
     model_caption = card.query_selector(".caption").inner_text()
     card.query_selector(".editor textarea").fill("A person edited this caption in the browser.")

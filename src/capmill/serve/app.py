@@ -76,11 +76,31 @@ def create_app(config: ServeConfig, captioner: Any | None = None) -> Any:
     app.include_router(router)
     app.include_router(gallery_router)
     # Order matters: metrics see every answer (401 and 413 too); auth runs before the body is read.
+    app.add_middleware(EarlyArrivals)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     if config.api_key:
         app.add_middleware(APIKeyAuth, api_key=config.api_key)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+GENERATING_PATHS = frozenset({"/v1/chat/completions", "/v1/captions"})
+
+
+class EarlyArrivals:
+    """ASGI middleware: a generating request counts as on its way to the batcher from its first byte, before
+    its body is read and its images decoded, so the batch forming meanwhile waits for it (see Batcher)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):  # noqa: ANN001
+        service = getattr(scope.get("app"), "state", None) and scope["app"].state.service
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATING_PATHS or not service:
+            return await self.app(scope, receive, send)
+        with service.batcher.arrival() as arrival:
+            scope["capmill.arrival"] = arrival  # the handler closes it once the request is queued
+            await self.app(scope, receive, send)
 
 
 class RequestMetrics:

@@ -1,6 +1,7 @@
 """Dynamic batching in front of the engine: concurrent requests become one engine call.
 
-A batch closes when it holds `max_batch` requests or `max_wait` has passed since its first request; the
+A batch closes when it holds `max_batch` requests or `max_wait` has passed since its first request (at once
+when nobody else is on the way, so a lone client never pays the wait); the
 engine runs on one worker thread so the event loop keeps answering (health, metrics, new requests) meanwhile.
 Requests cancelled while queued (client gone, timeout) never reach the engine.
 """
@@ -17,6 +18,7 @@ from capmill.errors import CapmillError, EngineError, OverloadedError
 from capmill.records import Generation, Request
 from capmill.serve.metrics import Metrics
 
+ARRIVING_WAIT_FACTOR = 4  # a batch waits up to 4x max_wait for requests the server is receiving right now
 RunBatch = Callable[[Sequence[Request]], list[Generation]]
 
 
@@ -25,6 +27,25 @@ class _Pending:
     request: Request
     future: asyncio.Future
     queued_at: float
+
+
+class Arrival:
+    """One request on its way to the queue; `done()` (idempotent) when it is queued or has failed."""
+
+    def __init__(self, batcher: Batcher):
+        self.batcher, self.open = batcher, True
+        batcher.incoming += 1
+
+    def done(self) -> None:
+        if self.open:
+            self.open = False
+            self.batcher.incoming -= 1
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
 
 
 class Batcher:
@@ -47,6 +68,8 @@ class Batcher:
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight = 0
         self._batch_seconds = 1.0  # running estimate for Retry-After
+        self._last_batch_size = 0
+        self.incoming = 0  # requests received and being prepared (decoding images) that will soon be submitted
 
     @property
     def depth(self) -> int:
@@ -91,24 +114,38 @@ class Batcher:
     async def generate(self, request: Request) -> Generation:
         return await self.submit(request)
 
+    def arrival(self) -> Arrival:
+        """Count a request as on its way from the moment it reaches the server until it is queued (or fails),
+        so a forming batch waits for it instead of leaving without it."""
+        return Arrival(self)
+
+    def _worth_waiting(self) -> bool:
+        """Waiting for company only pays if someone may come: a request being prepared, or the clients of the
+        last batch (answered together, they tend to come back together). A lone client never waits."""
+        return self.incoming > 0 or self._last_batch_size > 1
+
     def _publish(self) -> None:
         self.metrics.set_queue(self.depth, self._in_flight)
 
     async def _collect(self) -> list[_Pending]:
+        """Take the first waiting request, then more until the batch is full or the waiting stops paying:
+        up to `max_wait` while company may come (`_worth_waiting`), and up to `ARRIVING_WAIT_FACTOR` times
+        that while requests are being received and prepared right now."""
         assert self._queue is not None
         batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self.max_wait_s
+        start = time.perf_counter()
         while len(batch) < self.max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            waited = time.perf_counter() - start
+            limit = self.max_wait_s * (ARRIVING_WAIT_FACTOR if self.incoming > 0 else 1)
+            if waited >= limit or not self._worth_waiting():
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            try:  # short slices: the conditions above change as requests arrive or fail
+                batch.append(await asyncio.wait_for(self._queue.get(), min(limit - waited, 0.005)))
             except (asyncio.TimeoutError, TimeoutError):
-                break
+                continue
         return [p for p in batch if not p.future.done()]  # cancelled while waiting: skip
 
     async def _loop(self) -> None:
@@ -118,7 +155,7 @@ class Batcher:
             if not batch:
                 self._publish()
                 continue
-            self._in_flight = len(batch)
+            self._in_flight = self._last_batch_size = len(batch)
             self._publish()
             started = time.perf_counter()
             try:

@@ -105,6 +105,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     service = service_of(request)
     prepared = await service.prepare_chat(body)
     future = service.batcher.submit(prepared.request)  # a full queue answers 503 here, before any stream starts
+    _queued(request)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
@@ -124,6 +125,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         usage=_usage(generation),
         capmill=_info(record),
     )
+
+
+def _queued(request: Request) -> None:
+    """This request has reached the batcher's queue: it no longer counts as on its way (EarlyArrivals)."""
+    arrival = request.scope.get("capmill.arrival")
+    if arrival is not None:
+        arrival.done()
 
 
 def _usage(generation) -> Usage:  # noqa: ANN001
@@ -221,6 +229,6 @@ async def captions(request: Request) -> Any:
     else:
         raise HTTPProblem(415, f"unsupported content type {ctype!r}: send multipart/form-data or application/json")
     started = time.perf_counter()
-    record = await service.caption(item, mode)
+    record = await service.caption(item, mode, request.scope.get("capmill.arrival"))
     record.timings.setdefault("server_s", time.perf_counter() - started)
     return JSONResponse(record.to_dict())

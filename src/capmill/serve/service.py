@@ -159,10 +159,14 @@ class CaptionService:
 
     # ---------------------------------------------------------------- /v1/captions
 
-    async def caption(self, item: Item, mode: str | None) -> Record:
+    async def caption(self, item: Item, mode: str | None, arrival: Any = None) -> Record:
+        """Caption one item; `arrival` (from the EarlyArrivals middleware) is closed once it is queued."""
         mode = self.check_mode(mode, has_text=item.kind == "text")
         request = await self.prepare(item, mode)
-        generation = await self.generate(request)
+        future = self.batcher.submit(request)
+        if arrival is not None:
+            arrival.done()
+        generation = await self.wait(future)
         return self.finish(item, request, generation, mode)
 
     # ---------------------------------------------------------------- /v1/chat/completions
