@@ -87,3 +87,39 @@ def test_structure_only_without_references(tmp_path, two_runs):
     run = data["runs"]["human"]
     assert "coco" not in run and "embedding" not in run and run["structure"]["records"] == 20
     assert "Weakest" in (tmp_path / "r" / "worst.html").read_text()
+
+
+def test_report_of_structured_and_text_mode_runs(tmp_path):
+    from capmill.eval.lengths import length_encoders
+    from capmill.eval.report import write_report
+    from capmill.eval.results import Run
+    from capmill.eval.suite import EvalConfig, evaluate_runs
+
+    from .conftest import make_record
+
+    good = {"subjects": [{"name": "man", "attributes": ["young"]}], "actions": ["man rides skateboard"],
+            "setting": "outdoor"}  # fmt: skip
+    bad = {"subjects": [{"name": "x" * 70}], "actions": [], "setting": "moon", "mood": "happy"}
+    recs = [
+        make_record(349860, "young man rides skateboard", structured=good, mode="text", grounding={"rate": 1.0}),
+        make_record(
+            397133,
+            "x",
+            status="repaired",
+            structured=bad,
+            mode="text",
+            grounding={"rate": 0.5},
+            notes=["setting 'Moon' read as 'moon'"],
+        ),  # fmt: skip
+        make_record(475678, None, status="invalid", mode="text", error="subjects must be a list, got str 'a'"),
+    ]
+    data = evaluate_runs([Run("structured", "mem", recs)], None, EvalConfig(encoders=length_encoders()))
+    st = data["runs"]["structured"]["structure"]
+    assert st["schema_violations"] == {"bad_setting": 1, "mood_not_null": 1, "subject_name_length": 1}
+    assert st["reported_problems"] == {"setting read as": 1, "subjects must be a list, got str": 1}
+    assert st["grounding"]["mean_rate"] == 0.75
+    index = write_report(data, tmp_path / "r")
+    html = index.read_text()
+    for title in ("Schema violations", "Problems reported by the parser", "Structured fields", "Grounding (text mode)"):
+        assert title in html
+    assert "outdoor 50%" in html and "moon 50%" in html
