@@ -23,10 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from capmill.errors import ConfigError, MissingDependencyError
 from capmill.records import Item, Record
 from capmill.run.pipeline import _copy_for  # the local runner's copy record, so both runners write the same
+from capmill.run.ray_tasks import CaptionWorker, item_schema, read_batch, registry_class, row_of
 from capmill.run.stats import Stats
-
-# Columns of the rows that travel through the dataset (pyarrow types are given so all-null columns work).
-_ITEM_COLUMNS = ("i", "id", "source", "kind", "text", "data", "meta", "hash", "error", "reason")
 
 
 class RayOptions(BaseModel):
@@ -110,21 +108,21 @@ class RayRunner:
 
         job, opts = self.job, self.options
         actors, actor_cpus, actor_gpus = _pool_shape(ray.cluster_resources(), opts)
-        registry = _registry_class(ray).remote(_done_hashes(out))
+        registry = registry_class(ray).remote(_done_hashes(out))
         batch = max(1, job.pipeline.batch_size)
         blocks = max(1, -(-len(rows) // opts.block_rows))
-        table = pa.Table.from_pylist(rows, schema=_item_schema())
+        table = pa.Table.from_pylist(rows, schema=item_schema())
         size = -(-len(rows) // blocks)
         ds = ray.data.from_arrow([table.slice(k, size) for k in range(0, len(rows), size)])
         ds = ds.map_batches(
-            _read_batch,
+            read_batch,
             fn_kwargs={"fetch": job.pipeline.fetch},
             batch_format="pyarrow",
             batch_size=opts.block_rows,
             num_cpus=opts.read_cpus,
         )
         ds = ds.map_batches(
-            _CaptionWorker,
+            CaptionWorker,
             fn_constructor_kwargs={
                 "make_captioner": job.make_captioner,
                 "mode": job.pipeline.mode,
@@ -177,7 +175,7 @@ class _Writer:
                 continue
             i = len(self.items)
             self.items[i] = item
-            rows.append(_row_of(i, item))
+            rows.append(row_of(i, item))
         return rows
 
     def take(self, row: dict[str, Any]) -> None:
@@ -232,118 +230,6 @@ class _Writer:
             self._emit(item, _copy_for(item, original), None)
 
 
-class _CaptionWorker:
-    """A Ray Data actor: one Captioner (one engine, loaded once) turning read items into records."""
-
-    def __init__(self, make_captioner, mode, decode, fetch, registry, wants_media, threads):  # noqa: ANN001
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                torch.set_num_threads(threads)  # the CPUs this actor claimed, not the whole machine's
-        except ImportError:
-            pass
-        self.captioner = make_captioner()
-        self.mode, self.decode, self.fetch = mode, decode, fetch
-        self.registry, self.wants_media = registry, wants_media
-
-    def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
-        import ray
-
-        from capmill.errors import InputError
-        from capmill.run.workers import load_item
-
-        out: list[dict[str, Any]] = []
-        ready: list[tuple[dict[str, Any], Item]] = []
-        for row in batch.to_pylist():
-            item = _item_of(row)
-            if row["error"] is not None:
-                record = self.captioner.error_record(item, row["error"])
-                out.append(_out_row(row, item, "error", record, row["reason"] or "error", media=self._media(item)))
-                continue
-            item, error, seconds = load_item(item, self.decode, self.fetch)  # decode, exactly as the local workers
-            if error is not None:
-                record = self.captioner.error_record(item, str(error))
-                out.append(_out_row(row, item, "error", record, error.reason or "error", media=self._media(item)))
-                continue
-            ready.append((row, item))
-        pairs = [(item.content_hash, item.id) for _, item in ready]
-        claims = ray.get(self.registry.claim.remote(pairs)) if pairs else []
-        todo: list[tuple[dict[str, Any], Item, Any]] = []
-        for (row, item), original in zip(ready, claims, strict=True):
-            if not original:
-                out.append(_out_row(row, item, "copy", None, None))
-                continue
-            start = time.perf_counter()
-            try:
-                request = self.captioner.prepare(item, self.mode)
-            except InputError as exc:
-                record = self.captioner.error_record(item, str(exc))
-                out.append(_out_row(row, item, "error", record, exc.reason or "error", original=True))
-                continue
-            item.image = None
-            todo.append((row, item, request))
-            row["_prep"] = time.perf_counter() - start
-        if todo:
-            start = time.perf_counter()
-            generations = self.captioner.generate([request for _, _, request in todo])
-            engine = (time.perf_counter() - start) / len(todo)
-            for (row, item, request), generation in zip(todo, generations, strict=True):
-                start = time.perf_counter()
-                record = self.captioner.finish(item, request, generation)
-                times = {"engine": engine, "preprocess": row["_prep"], "parse": time.perf_counter() - start}
-                reason = "engine error" if record.status == "error" and generation.error else None
-                out.append(
-                    _out_row(
-                        row, item, "generated", record, reason, media=self._media(item), original=True, times=times
-                    )
-                )
-        return pa.Table.from_pylist(out, schema=_out_schema())
-
-    def _media(self, item: Item) -> bytes | None:
-        return item.data if self.wants_media else None
-
-
-def _read_batch(batch: Any, fetch: Any) -> Any:
-    """Ray Data read stage: fetch each item's bytes (file or URL) and hash them; failures ride on the row."""
-    import pyarrow as pa
-
-    from capmill.data.fetch import load
-    from capmill.errors import InputError
-
-    rows = batch.to_pylist()
-    for row in rows:
-        if row["error"] is not None:
-            continue
-        item = _item_of(row)
-        try:
-            load(item, fetch)
-            row["hash"] = item.content_hash
-            row["data"], row["text"] = item.data, item.text
-        except InputError as exc:
-            row["error"], row["reason"] = str(exc), exc.reason
-    return pa.Table.from_pylist(rows, schema=_item_schema())
-
-
-def _registry_class(ray: Any) -> Any:
-    @ray.remote(num_cpus=0)
-    class ClaimRegistry:
-        """Which content hashes are being (or were) captioned: the first input to claim one is its original."""
-
-        def __init__(self, done: list[str]):
-            self.owner: dict[str, str | None] = dict.fromkeys(done)  # None: done in an earlier session
-
-        def claim(self, pairs: list[tuple[str, str]]) -> list[bool]:
-            answers = []
-            for content_hash, item_id in pairs:
-                owner = self.owner.setdefault(content_hash, item_id)
-                answers.append(owner == item_id)  # the same item asking again (a retried task) keeps its claim
-            return answers
-
-    return ClaimRegistry
-
-
 def _pool_shape(resources: dict[str, float], opts: RayOptions) -> tuple[int, float, float]:
     """(actors, CPUs per actor, GPUs per actor): one actor per GPU, or one per CPU leaving one for the readers."""
     gpus = int(resources.get("GPU", 0))
@@ -394,81 +280,3 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise MissingDependencyError("ray[data]", "ray", "the Ray runner") from exc
     return ray
-
-
-def _row_of(i: int, item: Item) -> dict[str, Any]:
-    return {
-        "i": i,
-        "id": item.id,
-        "source": item.source,
-        "kind": item.kind,
-        "text": item.text,
-        "data": item.data,
-        "meta": json.dumps(item.meta, default=str),
-        "hash": item._hash,
-        "error": None,
-        "reason": None,
-    }
-
-
-def _item_of(row: dict[str, Any]) -> Item:
-    return Item(
-        id=row["id"],
-        source=row["source"],
-        kind=row["kind"],
-        data=row["data"],
-        text=row["text"],
-        meta=json.loads(row["meta"]) if row["meta"] else {},
-        _hash=row["hash"],
-    )
-
-
-def _out_row(row, item, kind, record, reason, media=None, original=False, times=None) -> dict[str, Any]:  # noqa: ANN001
-    return {
-        "i": row["i"],
-        "kind": kind,
-        "record": json.dumps(record.to_dict(), ensure_ascii=False, default=str) if record is not None else None,
-        "reason": reason,
-        "hash": item._hash,
-        "meta": json.dumps(item.meta, default=str),
-        "media": media,
-        "original": original,
-        "times": json.dumps(times) if times else None,
-    }
-
-
-def _item_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("i", pa.int64()),
-            ("id", pa.string()),
-            ("source", pa.string()),
-            ("kind", pa.string()),
-            ("text", pa.string()),
-            ("data", pa.binary()),
-            ("meta", pa.string()),
-            ("hash", pa.string()),
-            ("error", pa.string()),
-            ("reason", pa.string()),
-        ]
-    )
-
-
-def _out_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("i", pa.int64()),
-            ("kind", pa.string()),
-            ("record", pa.string()),
-            ("reason", pa.string()),
-            ("hash", pa.string()),
-            ("meta", pa.string()),
-            ("media", pa.binary()),
-            ("original", pa.bool_()),
-            ("times", pa.string()),
-        ]
-    )

@@ -1,0 +1,203 @@
+"""The cluster side of the Ray runner: the read stage, the caption actor, the claim registry, the row layout.
+
+Rows travel through the Ray Dataset as Arrow tables with fixed schemas (so all-null columns keep their types);
+records travel back as JSON, written by the driver (capmill.run.ray_runner) exactly as the local runner would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from capmill.records import Item
+
+
+class CaptionWorker:
+    """A Ray Data actor: one Captioner (one engine, loaded once) turning read items into records."""
+
+    def __init__(self, make_captioner, mode, decode, fetch, registry, wants_media, threads):  # noqa: ANN001
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                torch.set_num_threads(threads)  # the CPUs this actor claimed, not the whole machine's
+        except ImportError:
+            pass
+        self.captioner = make_captioner()
+        self.mode, self.decode, self.fetch = mode, decode, fetch
+        self.registry, self.wants_media = registry, wants_media
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+        import ray
+
+        from capmill.errors import InputError
+        from capmill.run.workers import load_item
+
+        out: list[dict[str, Any]] = []
+        ready: list[tuple[dict[str, Any], Item]] = []
+        for row in batch.to_pylist():
+            item = _item_of(row)
+            if row["error"] is not None:
+                record = self.captioner.error_record(item, row["error"])
+                out.append(_out_row(row, item, "error", record, row["reason"] or "error", media=self._media(item)))
+                continue
+            item, error, seconds = load_item(item, self.decode, self.fetch)  # decode, exactly as the local workers
+            if error is not None:
+                record = self.captioner.error_record(item, str(error))
+                out.append(_out_row(row, item, "error", record, error.reason or "error", media=self._media(item)))
+                continue
+            ready.append((row, item))
+        pairs = [(item.content_hash, item.id) for _, item in ready]
+        claims = ray.get(self.registry.claim.remote(pairs)) if pairs else []
+        todo: list[tuple[dict[str, Any], Item, Any]] = []
+        for (row, item), original in zip(ready, claims, strict=True):
+            if not original:
+                out.append(_out_row(row, item, "copy", None, None))
+                continue
+            start = time.perf_counter()
+            try:
+                request = self.captioner.prepare(item, self.mode)
+            except InputError as exc:
+                record = self.captioner.error_record(item, str(exc))
+                out.append(_out_row(row, item, "error", record, exc.reason or "error", original=True))
+                continue
+            item.image = None
+            todo.append((row, item, request))
+            row["_prep"] = time.perf_counter() - start
+        if todo:
+            start = time.perf_counter()
+            generations = self.captioner.generate([request for _, _, request in todo])
+            engine = (time.perf_counter() - start) / len(todo)
+            for (row, item, request), generation in zip(todo, generations, strict=True):
+                start = time.perf_counter()
+                record = self.captioner.finish(item, request, generation)
+                times = {"engine": engine, "preprocess": row["_prep"], "parse": time.perf_counter() - start}
+                reason = "engine error" if record.status == "error" and generation.error else None
+                out.append(
+                    _out_row(
+                        row, item, "generated", record, reason, media=self._media(item), original=True, times=times
+                    )
+                )
+        return pa.Table.from_pylist(out, schema=_out_schema())
+
+    def _media(self, item: Item) -> bytes | None:
+        return item.data if self.wants_media else None
+
+
+def read_batch(batch: Any, fetch: Any) -> Any:
+    """Ray Data read stage: fetch each item's bytes (file or URL) and hash them; failures ride on the row."""
+    import pyarrow as pa
+
+    from capmill.data.fetch import load
+    from capmill.errors import InputError
+
+    rows = batch.to_pylist()
+    for row in rows:
+        if row["error"] is not None:
+            continue
+        item = _item_of(row)
+        try:
+            load(item, fetch)
+            row["hash"] = item.content_hash
+            row["data"], row["text"] = item.data, item.text
+        except InputError as exc:
+            row["error"], row["reason"] = str(exc), exc.reason
+    return pa.Table.from_pylist(rows, schema=item_schema())
+
+
+def registry_class(ray: Any) -> Any:
+    @ray.remote(num_cpus=0)
+    class ClaimRegistry:
+        """Which content hashes are being (or were) captioned: the first input to claim one is its original."""
+
+        def __init__(self, done: list[str]):
+            self.owner: dict[str, str | None] = dict.fromkeys(done)  # None: done in an earlier session
+
+        def claim(self, pairs: list[tuple[str, str]]) -> list[bool]:
+            answers = []
+            for content_hash, item_id in pairs:
+                owner = self.owner.setdefault(content_hash, item_id)
+                answers.append(owner == item_id)  # the same item asking again (a retried task) keeps its claim
+            return answers
+
+    return ClaimRegistry
+
+
+def row_of(i: int, item: Item) -> dict[str, Any]:
+    return {
+        "i": i,
+        "id": item.id,
+        "source": item.source,
+        "kind": item.kind,
+        "text": item.text,
+        "data": item.data,
+        "meta": json.dumps(item.meta, default=str),
+        "hash": item._hash,
+        "error": None,
+        "reason": None,
+    }
+
+
+def _item_of(row: dict[str, Any]) -> Item:
+    return Item(
+        id=row["id"],
+        source=row["source"],
+        kind=row["kind"],
+        data=row["data"],
+        text=row["text"],
+        meta=json.loads(row["meta"]) if row["meta"] else {},
+        _hash=row["hash"],
+    )
+
+
+def _out_row(row, item, kind, record, reason, media=None, original=False, times=None) -> dict[str, Any]:  # noqa: ANN001
+    return {
+        "i": row["i"],
+        "kind": kind,
+        "record": json.dumps(record.to_dict(), ensure_ascii=False, default=str) if record is not None else None,
+        "reason": reason,
+        "hash": item._hash,
+        "meta": json.dumps(item.meta, default=str),
+        "media": media,
+        "original": original,
+        "times": json.dumps(times) if times else None,
+    }
+
+
+def item_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("i", pa.int64()),
+            ("id", pa.string()),
+            ("source", pa.string()),
+            ("kind", pa.string()),
+            ("text", pa.string()),
+            ("data", pa.binary()),
+            ("meta", pa.string()),
+            ("hash", pa.string()),
+            ("error", pa.string()),
+            ("reason", pa.string()),
+        ]
+    )
+
+
+def _out_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("i", pa.int64()),
+            ("kind", pa.string()),
+            ("record", pa.string()),
+            ("reason", pa.string()),
+            ("hash", pa.string()),
+            ("meta", pa.string()),
+            ("media", pa.binary()),
+            ("original", pa.bool_()),
+            ("times", pa.string()),
+        ]
+    )
