@@ -287,3 +287,40 @@ def test_url_downloads_run_concurrently(tmp_path):
     records = by_id(tmp_path / "run")
     assert len(records) == 24 and all(r.status == "ok" for r in records.values())
     assert peak > 1, "downloads went one at a time"
+
+
+def test_a_dead_decode_worker_loses_nothing(tmp_path, monkeypatch):
+    """A decode worker killed mid-run (as the OOM killer would): its items are retried, the pool replaced."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(60):
+        (folder / f"{i:02d}.jpg").write_bytes(jpeg((i * 4, 9, 9)))
+    monkeypatch.setenv("CAPMILL_SCRIPTED_DELAY", "0.02")
+    killed = []
+
+    def kill_worker():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not killed:
+            for child in psutil.Process().children(recursive=True):
+                command = " ".join(child.cmdline())
+                if "spawn_main" in command and "resource_tracker" not in command:
+                    time.sleep(0.3)  # let it work a little first
+                    os.kill(child.pid, signal.SIGKILL)
+                    killed.append(child.pid)
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_worker)
+    killer.start()
+    summary = LocalRunner(job([folder], tmp_path / "run", model_dir(tmp_path / "m"), workers=1, batch_size=4)).run()
+    killer.join()
+    assert killed, "no worker process was found to kill"
+    records = by_id(tmp_path / "run")
+    assert len(records) == 60 and all(r.status == "ok" for r in records.values()), summary["run"]

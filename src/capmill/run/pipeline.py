@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import BrokenExecutor, Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +89,9 @@ class Pipeline:
         self._sent_batches = 0
         self._engine_loaded = False
         self._fetch_pool: Executor | None = None
+        self._pool: Executor
+        self._pool_lock = threading.Lock()
+        self._retry_pool: Executor | None = None
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _put(self, q: queue.Queue, value: Any, inputs: bool = False) -> None:
@@ -125,7 +128,35 @@ class Pipeline:
         return thread
 
     # -- stages ----------------------------------------------------------------------------------------
-    def _feed(self, pool: Executor) -> None:
+    def _submit(self, item: Item) -> Future:
+        """Submit to the decode pool, replacing it if a worker died (killed for memory, or a decoder crash)."""
+        opts = self.options
+        with self._pool_lock:
+            try:
+                return self._pool.submit(load_item, item, opts.decode, opts.fetch)
+            except BrokenExecutor:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = make_pool(opts.workers)
+                return self._pool.submit(load_item, item, opts.decode, opts.fetch)
+
+    def _result(self, future: Future, item: Item) -> tuple[Item, InputError | None, float]:
+        """A decode job's result. If its worker died, the item is tried once more alone in a fresh process, so a
+        file that kills its decoder becomes an error record and the items decoded beside it are not lost."""
+        try:
+            return future.result()
+        except BrokenExecutor:
+            pass
+        # one worker, one job at a time: if it dies now, this item killed it
+        if self._retry_pool is None:
+            self._retry_pool = make_pool(1)
+        try:
+            return self._retry_pool.submit(load_item, item, self.options.decode, self.options.fetch).result()
+        except BrokenExecutor:
+            self._retry_pool.shutdown(wait=False)
+            self._retry_pool = None
+            return item, InputError(item.source, "decoder crashed", "its worker process died twice"), 0.0
+
+    def _feed(self) -> None:
         """Read the sources, skip what is done, submit fetch+decode jobs (blocking when the queue is full)."""
         seen: set[str] = set()
         opts = self.options
@@ -144,8 +175,8 @@ class Pipeline:
             elif "url" in item.meta and opts.fetch_threads > 0:
                 future = self._url_pool().submit(load_item, item, opts.decode, opts.fetch)
             else:
-                future = pool.submit(load_item, item, opts.decode, opts.fetch)
-            self._put(self._loaded, future, inputs=True)
+                future = self._submit(item)
+            self._put(self._loaded, (future, item), inputs=True)
         self._put(self._loaded, _END, inputs=True)
 
     def _url_pool(self) -> Executor:
@@ -160,10 +191,10 @@ class Pipeline:
         """Decoded items in input order -> deduplicate -> prepare -> batches for the model."""
         batch: list[tuple[Item, Request]] = []
         while True:
-            future = self._get(self._loaded, inputs=True)
-            if future is _END:
+            job = self._get(self._loaded, inputs=True)
+            if job is _END:
                 break
-            item, error, seconds = future.result()
+            item, error, seconds = self._result(*job)
             self.stats.add_time("read", seconds)
             if error is not None:
                 self._put(self._records, ("error", item, error, False), inputs=True)
@@ -310,9 +341,9 @@ class Pipeline:
 
     def run(self) -> Stats:
         """Run to the end of the sources. On any failure, what was finished is still committed."""
-        pool = make_pool(self.options.workers)
+        self._pool = make_pool(self.options.workers)
         threads = [
-            self._thread(lambda: self._feed(pool), "feed"),
+            self._thread(self._feed, "feed"),
             self._thread(self._batch, "batch"),
             self._thread(self._write, "write"),
         ]
@@ -332,7 +363,9 @@ class Pipeline:
             self._stop.set()
             for thread in threads:
                 thread.join(timeout=10)
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._retry_pool is not None:
+                self._retry_pool.shutdown(wait=True)
             if self._fetch_pool is not None:
                 self._fetch_pool.shutdown(wait=True, cancel_futures=True)
             self.out.commit()  # everything already handed to the run folder is complete: keep it
