@@ -139,9 +139,7 @@ class Captioner:
             return value
         if hasattr(value, "size") and hasattr(value, "mode") and hasattr(value, "tobytes"):  # PIL image
             digest = sha256_hex(f"{value.mode}:{value.size}".encode() + value.tobytes())
-            return Item(
-                id=f"image-{index}", source=f"<image {index}>", kind="image", image=value, _hash=digest
-            )
+            return Item(id=f"image-{index}", source=f"<image {index}>", kind="image", image=value, _hash=digest)
         text = str(value)
         path = Path(text)
         is_file = len(text) < 4096 and "\n" not in text and path.is_file()
