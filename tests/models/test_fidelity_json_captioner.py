@@ -111,9 +111,15 @@ def test_greedy_output_equals_card_at_batch_1_and_in_batch_of_8(structured):
     cap, photos, refs = structured
     texts = [text for _, text in refs]
     assert len(set(texts)) > 1, "the tiny model must give different photos different outputs"
-    assert cap.caption([photos[5]])[0].raw == texts[5]
+    single = cap.caption([photos[5]])[0]
+    assert single.raw == texts[5]
+    assert single.timings["prefix_tokens"] > 500  # batch 1 takes the scaffold prefix from the prefix store
     records = cap.caption(photos)
     assert [r.raw for r in records] == texts
+    # two photos of one size: an unpadded batch of 2 that reuses the prefix, still equal to the card
+    same_size = cap.caption([photos[6], photos[7]])
+    assert [r.raw for r in same_size] == texts[6:]
+    assert {(r.timings["batch_size"], r.timings["prefix_tokens"] > 500) for r in same_size} == {(2, True)}
     # random weights write no tool call: the parser must say so, not invent a caption
     assert all(r.status == "invalid" and r.structured is None and r.error for r in records)
 

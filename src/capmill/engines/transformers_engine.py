@@ -7,15 +7,19 @@ transformers' vectorised StopStringCriteria (no per-token Python), and timings a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from capmill.engines.base import Engine, EngineOptions
+from capmill.engines.prefix_cache import PrefixStore, collate, shared_prefix_length
 from capmill.errors import ConfigError, ModelLoadError
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
 from capmill.records import Decoding, Generation, Request
+
+log = logging.getLogger(__name__)
 
 
 class TransformersOptions(EngineOptions):
@@ -24,6 +28,7 @@ class TransformersOptions(EngineOptions):
     attn_implementation: str | None = None  # None: flash_attention_2 where installed and usable, else sdpa
     max_batch_size: int = 8  # a larger batch from the caller is split into sub-batches of this size
     sort_by_length: bool = True  # group similar lengths in one generate call: less padding
+    prefix_cache: bool = True  # reuse the shared prompt prefix's state across unpadded batches
     trust_remote_code: bool = False
     threads: int | None = None  # torch.set_num_threads, for shared CPUs
 
@@ -57,6 +62,11 @@ class TransformersEngine(Engine):
         self.tokenizer = self.family.tokenizer(self.processor)
         self.attn_implementation = opts.attn_implementation or _best_attention(self.device, self.dtype)
         self.model = self._load_model(model)
+        self.prefixes = PrefixStore()
+        self._encoder_decoder = (
+            bool(getattr(self.model.config, "is_encoder_decoder", False)) or self.family.encoder_decoder
+        )
+        self._media_ids = _media_token_ids(self.processor, self.tokenizer)
         self._seen_stop_warning = False
 
     # ---- loading ----
@@ -91,50 +101,70 @@ class TransformersEngine(Engine):
     # ---- generation ----
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         results: list[Generation | None] = [None] * len(requests)
-        for indices in self._batches(requests):
-            batch = [requests[i] for i in indices]
+        encoded: dict[int, tuple[Any, float]] = {}
+        for i, request in enumerate(requests):  # one encoding per request: its exact length, its own failure
+            t0 = time.perf_counter()
             try:
-                generations = self._generate_batch(batch)
+                encoded[i] = (self.family.encode(self.processor, [request]), time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001 - becomes the item's error
+                results[i] = _failed(exc)
+        for indices in self._batches(requests, encoded):
+            batch = [requests[i] for i in indices]
+            singles = [encoded[i] for i in indices]
+            try:
+                generations = self._generate_batch(batch, singles)
             except Exception as exc:
                 if len(batch) == 1:
                     generations = [_failed(exc)]
                 else:  # isolate the bad input: one by one, so one failure costs one record
+                    log.warning(
+                        "a batch of %d failed (%s: %s); retrying one by one", len(batch), type(exc).__name__, exc
+                    )
                     generations = []
-                    for request in batch:
+                    for request, single in zip(batch, singles, strict=True):
                         try:
-                            generations.extend(self._generate_batch([request]))
+                            generations.extend(self._generate_batch([request], [single]))
                         except Exception as single_exc:  # noqa: BLE001 - becomes the item's error
                             generations.append(_failed(single_exc))
             for i, generation in zip(indices, generations, strict=True):
                 results[i] = generation
         return [g for g in results if g is not None]
 
-    def _batches(self, requests: Sequence[Request]) -> list[list[int]]:
-        """Sub-batches that share what one generate call must share, sorted by an input-size estimate."""
+    def _batches(self, requests: Sequence[Request], encoded: dict[int, tuple[Any, float]]) -> list[list[int]]:
+        """Sub-batches that share what one generate call must share, sorted by token length.
+
+        Sorting puts equal lengths side by side: such batches need no padding and reuse the shared prefix.
+        """
         groups: dict[Any, list[int]] = {}
-        for i, r in enumerate(requests):
+        for i in encoded:
+            r = requests[i]
             key = (r.decoding, _freeze(r.tools), _freeze(r.chat_kwargs), bool(r.videos))
             groups.setdefault(key, []).append(i)
         size = max(1, self.options.max_batch_size)  # type: ignore[attr-defined]
         out = []
         for indices in groups.values():
             if self.options.sort_by_length:  # type: ignore[attr-defined]
-                indices = sorted(indices, key=lambda i: _size_estimate(requests[i]))
+                indices = sorted(indices, key=lambda i: encoded[i][0]["input_ids"].shape[1])
             out.extend(indices[k : k + size] for k in range(0, len(indices), size))
         return out
 
-    def _generate_batch(self, batch: list[Request]) -> list[Generation]:
+    def _generate_batch(self, batch: list[Request], singles: list[tuple[Any, float]]) -> list[Generation]:
         import torch
 
         t0 = time.perf_counter()
-        inputs = self.family.encode(self.processor, batch)
+        inputs = collate([s for s, _ in singles], self.tokenizer.pad_token_id)
         inputs = inputs.to(self.device)
         for key, value in inputs.items():
             if torch.is_tensor(value) and value.is_floating_point():
                 inputs[key] = value.to(self.dtype)
-        t1 = time.perf_counter()
         decoding = batch[0].decoding
         kwargs = self._generate_kwargs(decoding, batch)
+        prefix = self._prefix_length(inputs)
+        if prefix:
+            kwargs["past_key_values"] = self.prefixes.cache_for(
+                self.model, inputs["input_ids"][:1, :prefix], len(batch)
+            )
+        t1 = time.perf_counter()
         if decoding.seed is not None:
             torch.manual_seed(decoding.seed)
         with torch.inference_mode():
@@ -152,7 +182,14 @@ class TransformersEngine(Engine):
         n = len(batch)
         mask = inputs.get("attention_mask")
         prompt_lens = mask.sum(dim=1).tolist() if mask is not None else [input_ids.shape[1]] * n
-        timings = {"preprocess": (t1 - t0) / n, "generate": (t2 - t1) / n, "decode": (t3 - t2) / n, "batch_size": n}
+        encode_time = sum(t for _, t in singles)
+        timings = {
+            "preprocess": (encode_time + t1 - t0) / n,
+            "generate": (t2 - t1) / n,
+            "decode": (t3 - t2) / n,
+            "batch_size": n,
+            "prefix_tokens": prefix,
+        }
         generations = []
         for row, text, prompt_len in zip(new.tolist(), texts, prompt_lens, strict=True):
             count, reason = self._completion(row, text, decoding)
@@ -166,6 +203,12 @@ class TransformersEngine(Engine):
                 )
             )
         return generations
+
+    def _prefix_length(self, inputs: Any) -> int:
+        """How many leading tokens come from the prefix store (0: plain prefill)."""
+        if not self.options.prefix_cache or self._encoder_decoder:  # type: ignore[attr-defined]
+            return 0
+        return shared_prefix_length(inputs, self._media_ids)
 
     def _generate_kwargs(self, decoding: Decoding, batch: list[Request]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -217,6 +260,23 @@ class TransformersEngine(Engine):
         self.processor = None
 
 
+def _media_token_ids(processor: Any, tokenizer: Any) -> set[int]:
+    """Token ids that stand for an image or video: the shared prefix ends before the first one."""
+    ids = set()
+    for owner in (processor, tokenizer):
+        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "image_start_token_id"):
+            value = getattr(owner, name, None)
+            if isinstance(value, int):
+                ids.add(value)
+        for name in ("image_token", "video_token", "start_image_token", "vision_start_token"):
+            token = getattr(owner, name, None)
+            if isinstance(token, str):
+                token_id = tokenizer.convert_tokens_to_ids(token)
+                if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+                    ids.add(token_id)
+    return ids
+
+
 def _failed(exc: Exception) -> Generation:
     return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
 
@@ -225,14 +285,6 @@ def _freeze(value: Any) -> str:
     import json
 
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _size_estimate(request: Request) -> int:
-    """Pixels plus prompt characters: a cheap stand-in for the token count, enough to group similar inputs."""
-    pixels = sum(im.size[0] * im.size[1] for im in request.images)
-    pixels += sum(f.size[0] * f.size[1] for v in request.videos for f in v)
-    chars = sum(len(str(m.get("content"))) for m in request.messages)
-    return pixels // 256 + chars // 4
 
 
 def _device(name: str) -> Any:
