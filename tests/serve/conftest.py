@@ -97,3 +97,25 @@ def run_dir(captioner, photos, tmp_path_factory) -> Path:  # noqa: ANN001
 def browse_server(captioner, run_dir) -> Iterator[Server]:  # noqa: ANN001
     with serve(captioner, browse_dir=run_dir) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (never a downloaded browser build)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield chromium
+        chromium.close()

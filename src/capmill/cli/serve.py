@@ -29,6 +29,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-url-images", action="store_true", help="fetch http(s) image_url values")
     parser.add_argument("--allow-private-urls", action="store_true",
                         help="with --allow-url-images: also fetch from loopback and private addresses")  # fmt: skip
+    parser.add_argument("--constrained", action="store_true",
+                        help="tool-call profiles (json-captioner): hold /v1/captions output to the tool's schema")  # fmt: skip
     parser.add_argument("--browse", type=Path, metavar="RUN_DIR", help="show this run folder's results in the gallery")
     parser.add_argument("--device", help="device for the model (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", help="model dtype (default: the profile's)")
@@ -68,6 +70,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
         max_tokens_limit=args.max_tokens_limit,
         allow_url_images=args.allow_url_images,
         allow_private_urls=args.allow_private_urls,
+        constrained=args.constrained,
         browse_dir=args.browse,
     )
 

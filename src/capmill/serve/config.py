@@ -40,6 +40,8 @@ class ServeConfig(BaseModel):
     allow_private_urls: bool = False  # loopback, private, link-local: only for trusted networks and tests
     url_timeout_s: float = Field(10.0, gt=0)
 
+    constrained: bool = False  # tool-call profiles: hold /v1/captions output to the tool's schema by default
+
     browse_dir: Path | None = None
 
     def names(self, profile_name: str | None, model: str | None = None) -> list[str]:

@@ -54,6 +54,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(BaseModel):
+    name: str = "output"
+    schema_: dict[str, Any] = Field(..., alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: free text, any JSON object, or JSON following a schema (constrained decoding)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -70,6 +84,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
 
 
 class AssistantMessage(BaseModel):
@@ -143,6 +158,7 @@ class CaptionRequest(BaseModel):
     mode: str | None = Field(None, description="caption | structured | text; default: the profile's")
     id: str | None = Field(None, max_length=256)
     model: str | None = None
+    constrained: bool | None = Field(None, description="hold tool-call output to its schema (default: the server's)")
 
 
 class CaptionRecord(BaseModel):

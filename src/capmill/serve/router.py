@@ -49,6 +49,7 @@ _CAPTION_BODY = {
                         "mode": {"type": "string", "description": "caption | structured | text"},
                         "id": {"type": "string"},
                         "text": {"type": "string", "description": "caption text for text mode, instead of a file"},
+                        "constrained": {"type": "string", "enum": ["true", "false"]},
                     },
                 }
             },
@@ -127,6 +128,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     )
 
 
+def _flag(value: Any, name: str) -> bool | None:
+    if value in (None, ""):
+        return None
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off"):
+        return False
+    raise bad_request(f"{name}: expected true or false, got {value!r}", name)
+
+
 def _queued(request: Request) -> None:
     """This request has reached the batcher's queue: it no longer counts as on its way (EarlyArrivals)."""
     arrival = request.scope.get("capmill.arrival")
@@ -193,8 +204,9 @@ async def captions(request: Request) -> Any:
     if ctype == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=8, max_part_size=config.max_body_bytes)
         upload = form.get("file")
-        mode, item_id, text = form.get("mode"), form.get("id"), form.get("text")
-        for name, value in (("mode", mode), ("id", item_id), ("text", text)):
+        mode, item_id, text = form.get("mode") or None, form.get("id") or None, form.get("text")
+        constrained_field = form.get("constrained")
+        for name, value in (("mode", mode), ("id", item_id), ("text", text), ("constrained", constrained_field)):
             if value is not None and not isinstance(value, str):
                 raise bad_request(f"{name}: must be a form field, not a file", name)
         if upload is None or isinstance(upload, str):
@@ -208,6 +220,7 @@ async def captions(request: Request) -> Any:
             if not data:
                 raise InputError(upload.filename or "file", "empty file")
             item = upload_item(data, upload.filename, item_id)
+        constrained = _flag(constrained_field, "constrained")
     elif ctype in ("application/json", ""):
         raw = await request.body()
         if not raw:
@@ -225,10 +238,10 @@ async def captions(request: Request) -> Any:
             item = upload_item(data, None, body.id)
         else:
             item = text_item(body.text or "", body.id)
-        mode = body.mode
+        mode, constrained = body.mode, body.constrained
     else:
         raise HTTPProblem(415, f"unsupported content type {ctype!r}: send multipart/form-data or application/json")
     started = time.perf_counter()
-    record = await service.caption(item, mode, request.scope.get("capmill.arrival"))
+    record = await service.caption(item, mode, request.scope.get("capmill.arrival"), constrained)
     record.timings.setdefault("server_s", time.perf_counter() - started)
     return JSONResponse(record.to_dict())

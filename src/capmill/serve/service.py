@@ -159,10 +159,26 @@ class CaptionService:
 
     # ---------------------------------------------------------------- /v1/captions
 
-    async def caption(self, item: Item, mode: str | None, arrival: Any = None) -> Record:
+    def tool_constraint(self, request: Request) -> dict[str, Any]:
+        """Constrained decoding of the profile's tool call (the JSON captioner's emit_caption_schema)."""
+        if self.profile.output != "tool_call" or not request.tools:
+            raise bad_request(f"profile {self.profile.name} writes free text; there is no tool call to constrain")
+        self.check_constrainable()
+        return {"tool_call": request.tools[0]}
+
+    def check_constrainable(self) -> None:
+        engine = getattr(self.captioner, "engine", None)
+        if not getattr(type(engine), "supports_constrained", False):
+            raise bad_request(f"the {getattr(engine, 'name', 'current')} engine cannot constrain output")
+
+    async def caption(
+        self, item: Item, mode: str | None, arrival: Any = None, constrained: bool | None = None
+    ) -> Record:
         """Caption one item; `arrival` (from the EarlyArrivals middleware) is closed once it is queued."""
         mode = self.check_mode(mode, has_text=item.kind == "text")
         request = await self.prepare(item, mode)
+        if constrained if constrained is not None else (self.config.constrained and self.profile.output == "tool_call"):
+            request.constraint = self.tool_constraint(request)
         future = self.batcher.submit(request)
         if arrival is not None:
             arrival.done()
@@ -235,6 +251,7 @@ class CaptionService:
             images=[img for img in pil_images if img is not None],
             decoding=_decoding(base, chat),
             prompt_text=prompt_text,
+            constraint=self._response_format(chat),
         )
         return PreparedChat(chat_id, model, item, request, int(time.time()), mode)
 
@@ -249,6 +266,18 @@ class CaptionService:
             return self.finish(prepared.item, prepared.request, generation, prepared.mode)
         except Exception:  # the chat answer stands without capmill's reading
             return None
+
+    def _response_format(self, chat: ChatCompletionRequest) -> dict[str, Any] | None:
+        """OpenAI response_format -> an engine constraint (JSON, optionally following the client's schema)."""
+        fmt = chat.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        self.check_constrainable()
+        if fmt.type == "json_object":
+            return {"json_schema": {"type": "object"}}
+        if fmt.json_schema is None:
+            raise bad_request("response_format: type json_schema needs a json_schema with a schema", "response_format")
+        return {"json_schema": fmt.json_schema.schema_}
 
 
 def _decoding(base: Request, chat: ChatCompletionRequest) -> Any:
