@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from capmill.eval.report_plots import plots
 from capmill.eval.suite import headline
 
 LOWER_IS_BETTER = ("FGD", "Frechet", "degenerate", " over ")
@@ -34,114 +35,6 @@ def _fmt(v: Any) -> str:
             return "–"
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
     return html.escape(str(v))
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return f'<img class="plot" alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def _bars(title: str, labels: list[str], series: dict[str, list[float]], ylabel: str = "") -> str:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    width = 0.8 / max(len(series), 1)
-    x = np.arange(len(labels))
-    for i, (name, vals) in enumerate(series.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=name)
-    ax.set_xticks(x, labels, rotation=20, ha="right")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig)
-
-
-def _plots(data: dict[str, Any]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    runs = data["runs"]
-    names = list(runs)
-    out = []
-    coco_keys = [
-        k
-        for k in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
-        if any(k in (r.get("coco") or {}) for r in runs.values())
-    ]
-    if coco_keys:
-        out.append(
-            _bars(
-                "Reference metrics (higher is better)",
-                coco_keys,
-                {n: [runs[n].get("coco", {}).get(k, 0.0) for k in coco_keys] for n in names},
-            )
-        )
-    if any(r.get("embedding") for r in runs.values()):
-        out.append(
-            _bars(
-                "Embedding distances (lower is better)",
-                ["per-pair FGD", "set Frechet"],
-                {
-                    n: [
-                        (runs[n].get("embedding") or {}).get("pair_fgd", 0.0),
-                        (runs[n].get("embedding") or {}).get("set_frechet", 0.0),
-                    ]
-                    for n in names
-                },
-            )
-        )
-    lengths = {n: [i.get("clip_tokens") for i in runs[n]["items"] if i.get("clip_tokens") is not None] for n in names}
-    if any(lengths.values()):
-        fig, ax = plt.subplots(figsize=(6.4, 3.4))
-        top = max(80, max(max(v) for v in lengths.values() if v) + 1)
-        ax.hist([lengths[n] for n in names], bins=np.linspace(0, top, 41), label=names, alpha=0.85)
-        ax.axvline(77, color="red", linestyle="--", linewidth=1, label="CLIP limit 77")
-        ax.set_title("Caption length in CLIP tokens")
-        ax.set_xlabel("tokens")
-        ax.set_ylabel("captions")
-        ax.legend(fontsize=8)
-        out.append(_png(fig))
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    left = [0.0] * len(names)
-    colors = {"ok": "#4caf50", "repaired": "#8bc34a", "invalid": "#ff9800", "error": "#f44336"}
-    for status, color in colors.items():
-        vals = [runs[n]["structure"]["status_rates"][status] for n in names]
-        ax.barh(names, vals, left=left, color=color, label=status)
-        left = [a + b for a, b in zip(left, vals, strict=True)]
-    ax.set_xlim(0, 1)
-    ax.set_title("Parse status share")
-    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.45))
-    out.append(_png(fig))
-    cats = sorted({c for r in runs.values() for c in (r.get("qa") or {}).get("per_category", {})})
-    if cats:
-        out.append(
-            _bars(
-                "QA utility accuracy per category",
-                cats,
-                {
-                    n: [(runs[n].get("qa") or {}).get("per_category", {}).get(c, {}).get("accuracy", 0.0) for c in cats]
-                    for n in names
-                },
-                "accuracy",
-            )
-        )
-    if "CIDEr" in coco_keys:
-        fig, ax = plt.subplots(figsize=(6.4, 3.4))
-        ax.boxplot([[i["CIDEr"] for i in runs[n]["items"] if "CIDEr" in i] or [0.0] for n in names])
-        ax.set_xticks(range(1, len(names) + 1), names)
-        ax.set_title("Per-item CIDEr")
-        out.append(_png(fig))
-    return out
 
 
 def _table(header: list[str], rows: list[list[Any]], best: list[int | None] | None = None) -> str:
@@ -409,7 +302,7 @@ def write_report(data: dict[str, Any], out_dir: str | Path, worst: int = 20) -> 
         f"<h2>Side by side</h2><p class='muted'>Best value per row in green. Per-pair FGD: mean squared distance "
         f"between each caption's embedding and its references' (seed 004). Set Frechet: FID-style distance "
         f"between the caption and reference embedding distributions.</p>{_side_by_side(data)}"
-        f"<h2>Plots</h2><div class='plots'>{''.join(_plots(data))}</div>"
+        f"<h2>Plots</h2><div class='plots'>{''.join(plots(data))}</div>"
         f"{_qa_tables(data)}<h2>Structure</h2>{_structure_tables(data)}"
     )
     (out / "index.html").write_text(_page("capmill eval", body), encoding="utf-8")
