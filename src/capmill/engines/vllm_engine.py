@@ -73,11 +73,10 @@ class VLLMEngine(Engine):
             raise MissingDependencyError("vllm", "vllm", "the vllm engine") from exc
         self.processor = None
         self.rendering = opts.prompt_rendering
-        if self.rendering == "processor":
-            if config.get("model_type") == "internvl_chat":
-                self.rendering = "chat"  # the remote-code format ships no processor: vLLM renders its prompt
-            else:
-                self.processor = self.family.load_processor(model, trust_remote_code=opts.trust_remote_code)
+        if config.get("model_type") == "internvl_chat":
+            self.rendering = "chat"  # the remote-code format ships no processor: vLLM renders its prompt
+        else:  # renders prompts and decodes outputs exactly as the transformers engine does
+            self.processor = self.family.load_processor(model, trust_remote_code=opts.trust_remote_code)
         self.llm = self._load(model, opts)
         tokenizer = self.llm.get_tokenizer()
         self._added_tokens = frozenset(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values())

@@ -1,0 +1,308 @@
+"""The vLLM engine on tiny real-architecture models, in process and offline, against the transformers engine.
+
+Tests marked `vllm` run in the vLLM environment (.ci/vllm-stage); elsewhere tests/conftest.py skips them.
+Both engines run there on the same tiny model, photos and prompts; the transformers engine is the reference
+(its own fidelity to the model cards is shown in tests/models).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from vllm_support import QWEN3_5_OPTIONS, QWEN3_5_SIZES, SCAFFOLD, VLLM_OPTIONS, bf16_ulp, first_difference
+
+from capmill.captioner import Captioner
+from capmill.engines import ENGINES
+from capmill.errors import MissingDependencyError, UnsupportedError
+from capmill.models.families import get_family
+from capmill.models.profiles import get_profile
+from capmill.records import Decoding
+
+N = 16  # new tokens per caption: tiny random models never stop on their own
+
+
+class _OneAtATime:
+    """Engines for this module, one alive at a time (tests are ordered by model, so each loads once)."""
+
+    def __init__(self):
+        self.key, self.engine = None, None
+
+    def get(self, name: str, path: str, profile: str, options: dict):
+        key = (name, path, profile, repr(sorted(options.items())))
+        if key != self.key:
+            self.close()
+            self.engine = ENGINES.get(name)(path, get_profile(profile), options)
+            self.key = key
+        return self.engine
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.close()
+        self.key, self.engine = None, None
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """`engines(name, path, profile, options)`: the engine, reused while the arguments stay the same."""
+    vllm_side, hf_side = _OneAtATime(), _OneAtATime()
+
+    def get(name, path, profile, options):
+        return (vllm_side if name == "vllm" else hf_side).get(name, str(path), profile, options)
+
+    yield get
+    vllm_side.close()
+    hf_side.close()
+
+
+QWEN2_VL = {**VLLM_OPTIONS, "engine_args": {"disable_log_stats": False}}  # metrics on: prefix-cache hits
+HF = {"threads": 2}
+
+
+def test_registered_by_name_without_importing_vllm():
+    from capmill.engines.vllm_engine import VLLMEngine
+
+    assert ENGINES.get("vllm") is VLLMEngine
+
+
+def test_blip2_is_refused_with_a_pointer_to_transformers(tiny_model):
+    from capmill.engines.vllm_engine import VLLMEngine
+
+    with pytest.raises(UnsupportedError, match="--engine transformers"):
+        VLLMEngine(str(tiny_model("blip2")), get_profile("blip2-lora"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_without_vllm_the_error_names_the_extra(tiny_model):
+    from capmill.engines.vllm_engine import VLLMEngine
+
+    with pytest.raises(MissingDependencyError, match=r"capmill\[vllm\]"):
+        VLLMEngine(str(tiny_model("qwen2_vl")), get_profile("inkscope-2b"))
+
+
+def _photos(coco_photos, n=6):
+    return [str(p) for p in coco_photos[:n]]
+
+
+def _requests(path, profile, coco_photos, n=6, **decoding):
+    """Requests as the Captioner prepares them (the family's prompt and resized pixels) for n COCO photos."""
+    cap = Captioner(model=str(path), profile=profile, decoding={"max_new_tokens": N, **decoding})
+    items = [cap.to_item(p, i) for i, p in enumerate(_photos(coco_photos, n))]
+    return cap, items, [cap.prepare(item) for item in items]
+
+
+def _assert_same(ref, got):
+    for i, (r, g) in enumerate(zip(ref, got, strict=True)):
+        assert g.error is None, g.error
+        assert g.text == r.text, f"#{i}: vllm {g.text!r} != transformers {r.text!r}"
+        assert (g.prompt_tokens, g.completion_tokens) == (r.prompt_tokens, r.completion_tokens), f"#{i}"
+    assert len({r.text for r in ref}) > 1, "outputs do not depend on the image: the comparison would be vacuous"
+
+
+GREEDY_CASES = {
+    "qwen2_vl": ("inkscope-2b", {}),
+    "qwen2_5_vl": ("caprl-3b", {"do_sample": False}),  # the card samples; greedy makes tokens comparable
+    "internvl": ("caprl-internvl-8b", {"do_sample": False}),
+}
+
+
+def _greedy_equal(engines, tiny_model, coco_photos, arch, options):
+    profile, decoding = GREEDY_CASES[arch]
+    path = tiny_model(arch)
+    cap, items, requests = _requests(path, profile, coco_photos, **decoding)
+    ref = engines("transformers", path, profile, HF).generate(requests)
+    engine = engines("vllm", path, profile, options)
+    got = engine.generate(requests)
+    _assert_same(ref, got)
+    assert engine.describe()["family"] == arch
+    records = [cap.finish(item, request, g) for item, request, g in zip(items, requests, got, strict=True)]
+    expected = [cap.finish(item, request, g) for item, request, g in zip(items, requests, ref, strict=True)]
+    assert [(r.status, r.caption) for r in records] == [(r.status, r.caption) for r in expected]
+    assert all(r.status == "ok" and r.caption for r in records)
+
+
+# ---- Qwen2-VL (Inkscope) ----
+@pytest.mark.vllm
+def test_qwen2_vl_greedy_equals_transformers_engine(engines, tiny_model, coco_photos):
+    _greedy_equal(engines, tiny_model, coco_photos, "qwen2_vl", QWEN2_VL)
+
+
+@pytest.mark.vllm
+def test_chat_rendering_equals_processor_rendering(engines, tiny_model, coco_photos):
+    """vLLM's own LLM.chat path (used for checkpoints without a processor) gives the same tokens."""
+    path = tiny_model("qwen2_vl")
+    _, _, requests = _requests(path, "inkscope-2b", coco_photos, n=3)
+    engine = engines("vllm", path, "inkscope-2b", QWEN2_VL)
+    by_processor = engine.generate(requests)
+    engine.rendering = "chat"
+    try:
+        by_chat = engine.generate(requests)
+    finally:
+        engine.rendering = "processor"
+    for a, b in zip(by_processor, by_chat, strict=True):
+        assert b.error is None
+        assert (a.text, a.prompt_tokens, a.completion_tokens) == (b.text, b.prompt_tokens, b.completion_tokens)
+
+
+@pytest.mark.vllm
+def test_prefix_caching_reuses_the_shared_prompt_and_limits_hold_per_item(engines, tiny_model, coco_photos):
+    """Prefix caching is on (hits on the shared system prompt); an input over limit_mm_per_prompt fails alone."""
+    from PIL import Image
+
+    path = tiny_model("qwen2_vl")
+    family = get_family("qwen2_vl")
+    images = [Image.open(p).convert("RGB") for p in _photos(coco_photos, 3)]
+    system = "You are a careful captioner. " * 60  # a long shared prefix: several KV-cache blocks
+    build = family.build_request
+    one = [
+        build(f"i{k}", prompt="Describe.", system=system, decoding=Decoding(max_new_tokens=4), images=[im])
+        for k, im in enumerate(images)
+    ]
+    two = build("two", prompt="Describe.", system=system, decoding=Decoding(max_new_tokens=4), images=images[:2])
+    engine = engines("vllm", path, "inkscope-2b", QWEN2_VL)
+    assert engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    engine.generate(one[:1])
+    before = _counter(engine, "prefix_cache_hits")
+    out = engine.generate([one[1], two, one[2]])
+    hits = _counter(engine, "prefix_cache_hits") - before
+    assert hits >= 2 * 200, f"only {hits} prompt tokens came from the prefix cache"
+    assert out[0].error is None and out[2].error is None and out[0].completion_tokens == 4
+    assert out[1].finish_reason == "error" and "image" in out[1].error  # 2 images > the limit of 1
+
+
+def _counter(engine, name: str) -> float:
+    return sum(getattr(m, "value", 0) for m in engine.llm.get_metrics() if m.name.endswith(name))
+
+
+def _bounded_caption_tool():
+    """emit_caption_schema with tight size bounds: any output closes well within the token budget."""
+    import copy
+
+    from capmill.schema import EMIT_CAPTION_TOOL
+
+    tool = copy.deepcopy(EMIT_CAPTION_TOOL)
+    params = tool["function"]["parameters"]
+    subject = params["$defs"]["SubjectValue"]["properties"]
+    subject["name"]["maxLength"] = 8
+    subject["attributes"].update(maxItems=2, items={"type": "string", "maxLength": 6})
+    params["properties"]["subjects"]["maxItems"] = 2
+    params["properties"]["actions"].update(maxItems=1, items={"type": "string", "maxLength": 10})
+    return tool
+
+
+BOUNDED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "setting": {"enum": ["indoor", "outdoor", "unknown"]},
+        "objects": {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 10}},
+    },
+    "required": ["setting", "objects"],
+}
+
+
+def _structured_equal(engines, tiny_model, coco_photos, arch, profile, constraint, options):
+    """Constrained greedy decoding: same grammar (llguidance in both engines), same tokens."""
+    path = tiny_model(arch)
+    _, _, requests = _requests(path, profile, coco_photos, n=3, max_new_tokens=160, do_sample=False)
+    for request in requests:
+        request.constraint = constraint
+    ref = engines("transformers", path, profile, HF).generate(requests)
+    got = engines("vllm", path, profile, options).generate(requests)
+    for r, g in zip(ref, got, strict=True):
+        assert g.error is None and g.text == r.text and g.completion_tokens == r.completion_tokens
+        assert g.finish_reason == "stop"  # the grammar closed; nothing was cut by the budget
+    return got
+
+
+@pytest.mark.vllm
+def test_json_schema_output_equals_transformers_and_validates(engines, tiny_model, coco_photos):
+    import json
+
+    got = _structured_equal(
+        engines, tiny_model, coco_photos, "qwen2_vl", "inkscope-2b", {"json_schema": BOUNDED_SCHEMA}, QWEN2_VL
+    )
+    for g in got:
+        value = json.loads(g.text)
+        assert value["setting"] in ("indoor", "outdoor", "unknown") and len(value["objects"]) <= 3
+
+
+# ---- Qwen2.5-VL (CapRL-3B) ----
+@pytest.mark.vllm
+def test_qwen2_5_vl_greedy_equals_transformers_engine(engines, tiny_model, coco_photos):
+    _greedy_equal(engines, tiny_model, coco_photos, "qwen2_5_vl", VLLM_OPTIONS)
+
+
+@pytest.mark.vllm
+def test_tool_call_output_equals_transformers_and_parses(engines, tiny_model, coco_photos):
+    from capmill.schema import parse_tool_call
+
+    constraint = {"tool_call": _bounded_caption_tool()}
+    got = _structured_equal(engines, tiny_model, coco_photos, "qwen2_5_vl", "caprl-3b", constraint, VLLM_OPTIONS)
+    for g in got:
+        parsed = parse_tool_call(g.text)
+        assert parsed.caption is not None, parsed.errors
+        assert g.text.startswith("<tool_call>") and g.text.endswith("</tool_call>")
+
+
+# ---- InternVL 3.5 (CapRL-InternVL) ----
+@pytest.mark.vllm
+def test_internvl_greedy_equals_transformers_engine(engines, tiny_model, coco_photos):
+    _greedy_equal(engines, tiny_model, coco_photos, "internvl", VLLM_OPTIONS)
+
+
+# ---- Qwen3.5 (json-captioner) ----
+@pytest.mark.vllm
+def test_json_captioner_on_vllm_differs_from_transformers_only_at_bf16_ties(engines, tiny_model, coco_photos):
+    """Qwen3.5 runs on vLLM's CPU backend in bfloat16 only, where the tiny model's top logits often tie exactly.
+
+    Both engines run bfloat16, with the profile's scaffold (system prompt + tools) and enable_thinking=False.
+    Wherever the generated tokens part, the transformers engine's own top two logits are within one bfloat16
+    step of each other (a tie its argmax breaks one way and vLLM's kernels the other); before that point every
+    token is equal, and outputs with no such tie are equal throughout.
+    """
+    import torch
+
+    path = tiny_model("qwen3_5", **QWEN3_5_SIZES)
+    texts = ["A man riding a horse on a beach.", "Two cats sleeping on a red sofa."]
+    requests, captioners = [], []
+    for mode, inputs in (("text", texts), ("structured", _photos(coco_photos, 2))):
+        cap = Captioner(
+            model=str(path), profile="json-captioner", mode=mode, scaffold=SCAFFOLD, decoding={"max_new_tokens": N}
+        )
+        items = [cap.to_item(x, i) for i, x in enumerate(inputs)]
+        requests += [cap.prepare(item) for item in items]
+        captioners += [(cap, item) for item in items]
+    assert all(r.tools and r.chat_kwargs == {"enable_thinking": False} for r in requests)
+    hf = engines("transformers", path, "json-captioner", {**HF, "dtype": "bfloat16"})
+    reference = []
+    for request in requests:
+        inputs = cap.family.encode(hf.processor, [request])
+        inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+        with torch.inference_mode():
+            out = hf.model.generate(
+                **inputs, max_new_tokens=N, do_sample=False, output_scores=True, return_dict_in_generate=True
+            )
+        reference.append(
+            (out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), [s[0].float() for s in out.scores])
+        )
+    engine = engines("vllm", path, "json-captioner", QWEN3_5_OPTIONS)
+    got = engine.token_ids(requests)
+    equal = 0
+    for (ref_ids, scores), ids in zip(reference, got, strict=True):
+        assert len(ids) == len(ref_ids) == N
+        d = first_difference(ref_ids, ids)
+        if d is None:
+            equal += 1
+            continue
+        logits = scores[d]
+        top = float(logits.max())
+        gap = top - float(logits[ids[d]])
+        assert gap <= bf16_ulp(top), f"step {d}: vLLM took a token {gap} below the top logit {top}: not a bf16 tie"
+    assert equal >= 1, "no output agreed throughout"
+    # the profile end to end: records from vLLM generations, prompt with the scaffold's tool
+    generations = engine.generate(requests)
+    for (cap, item), request, g in zip(captioners, requests, generations, strict=True):
+        record = cap.finish(item, request, g)
+        assert record.status in ("ok", "repaired", "invalid")  # random weights rarely write a tool call
+        assert record.tokens["completion"] == N and record.tokens["prompt"] > 500
+    assert "emit_caption_schema" in cap.render_prompt(captioners[-1][1])
