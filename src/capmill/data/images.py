@@ -6,6 +6,7 @@ Runs in the pipeline's decode worker processes; everything here is plain PIL and
 from __future__ import annotations
 
 import io
+import re
 import struct
 import threading
 import warnings
@@ -137,6 +138,10 @@ def _to_rgb(img: Any) -> Any:
     return img.convert("RGB")  # CMYK, YCbCr, L, 1, P without transparency
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    # PIL names the in-memory file by its address; drop it so the same bad input gives the same record every run
+    text = _ADDRESS.sub("", str(exc)) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
