@@ -5,7 +5,8 @@ a batch have the same length (no padding), the tokens before the first image are
 their key/value state (and, for Qwen3.5, the linear-attention conv and recurrent state) is computed once per
 run and repeated along the batch. With left padding the rows' prefixes sit at different offsets, and a padded
 linear-attention state is not the unpadded one, so padded batches take the plain path: outputs stay exactly
-those of a one-shot prefill (checked by the fidelity tests, which mix both kinds of batch).
+those of a one-shot prefill (checked by the fidelity tests, which mix both kinds of batch). To keep batches
+unpadded, the engine cuts them at token-length boundaries (`equal_length_batches`) when the prefix is reused.
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ def collate(singles: list[Any], pad_token_id: int) -> Any:
         else:
             out[key] = torch.cat(values, dim=0)
     return BatchFeature(out)
+
+
+def equal_length_batches(indices: list[int], lengths: dict[int, int], size: int) -> list[list[int]]:
+    """Sub-batches of at most `size` whose rows have one token length: unpadded, so each can reuse the prefix.
+
+    A padded batch cannot take the cached prefix (the rows' prefixes sit at different offsets), and the prefix
+    is most of the prompt (json-captioner: ~800 of ~830 tokens), so an extra, smaller batch that skips it costs
+    far less than a full batch that recomputes it for every row. Photos resized to the same grid (most of a
+    real collection) share one length, so the batches stay large.
+    """
+    runs: dict[int, list[int]] = {}
+    for i in sorted(indices, key=lambda i: lengths[i]):
+        runs.setdefault(lengths[i], []).append(i)
+    return [run[k : k + size] for run in runs.values() for k in range(0, len(run), size)]
 
 
 def shared_prefix_length(inputs: Any, media_token_ids: set[int]) -> int:

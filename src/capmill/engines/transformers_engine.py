@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from capmill.engines.base import Engine, EngineOptions
-from capmill.engines.prefix_cache import PrefixStore, collate, shared_prefix_length
+from capmill.engines.prefix_cache import (
+    MIN_PREFIX,
+    PrefixStore,
+    collate,
+    equal_length_batches,
+    shared_prefix_length,
+)
 from capmill.errors import ConfigError, ModelLoadError
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
@@ -29,6 +35,7 @@ class TransformersOptions(EngineOptions):
     max_batch_size: int = 8  # a larger batch from the caller is split into sub-batches of this size
     sort_by_length: bool = True  # group similar lengths in one generate call: less padding
     prefix_cache: bool = True  # reuse the shared prompt prefix's state across unpadded batches
+    split_by_length: bool = True  # with prefix_cache: batches of one token length only, so each reuses the prefix
     trust_remote_code: bool = False
     threads: int | None = None  # torch.set_num_threads, for shared CPUs
 
@@ -143,6 +150,10 @@ class TransformersEngine(Engine):
         size = max(1, self.options.max_batch_size)  # type: ignore[attr-defined]
         out = []
         for indices in groups.values():
+            if self.options.split_by_length and self._reusable_prefix([encoded[i][0] for i in indices]):  # type: ignore[attr-defined]
+                lengths = {i: encoded[i][0]["input_ids"].shape[1] for i in indices}
+                out.extend(equal_length_batches(indices, lengths, size))
+                continue
             if self.options.sort_by_length:  # type: ignore[attr-defined]
                 indices = sorted(indices, key=lambda i: encoded[i][0]["input_ids"].shape[1])
             out.extend(indices[k : k + size] for k in range(0, len(indices), size))
@@ -203,6 +214,19 @@ class TransformersEngine(Engine):
                 )
             )
         return generations
+
+    def _reusable_prefix(self, singles: list[Any]) -> bool:
+        """Whether these rows share a prefix long enough to reuse (else splitting by length only costs batch size)."""
+        import torch
+
+        if not self.options.prefix_cache or self._encoder_decoder:  # type: ignore[attr-defined]
+            return False
+        first = singles[0]["input_ids"][0]
+        media = torch.isin(first, torch.tensor(sorted(self._media_ids), dtype=first.dtype)) if self._media_ids else None
+        n = int(media.nonzero()[0]) if media is not None and bool(media.any()) else first.shape[0] - 1
+        if n < MIN_PREFIX:
+            return False
+        return all(s["input_ids"].shape[1] > n and torch.equal(s["input_ids"][0, :n], first[:n]) for s in singles)
 
     def _prefix_length(self, inputs: Any) -> int:
         """How many leading tokens come from the prefix store (0: plain prefill)."""
