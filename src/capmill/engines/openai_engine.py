@@ -27,7 +27,8 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 52
 
 
 class OpenAIOptions(EngineOptions):
-    base_url: str = "http://127.0.0.1:8000/v1"
+    # default: $OPENAI_BASE_URL (as the openai SDK reads it), else a local `vllm serve`
+    base_url: str = Field(default_factory=lambda: os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1")
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never from options or files
     served_model: str | None = None  # the server's model name (vllm serve --served-model-name); None: the model
     concurrency: int = Field(8, ge=1)
