@@ -68,6 +68,36 @@ class ResponseFormat(BaseModel):
     json_schema: JSONSchemaFormat | None = None
 
 
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: ToolFunction
+
+
+class ChatTemplateKwargs(BaseModel):
+    """The chat-template switches a client may set (others could rewrite the template's own inputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enable_thinking: bool | None = None
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: a Lark/GBNF grammar or a JSON schema to hold the output to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grammar: str | None = None
+    json_: dict[str, Any] | None = Field(None, alias="json")
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -85,6 +115,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, description="OpenAI tools; default: the profile's (scaffold)")
+    chat_template_kwargs: ChatTemplateKwargs | None = None  # vLLM's extension, limited to known switches
+    structured_outputs: StructuredOutputs | None = None  # vLLM's extension: a grammar or a JSON schema
 
 
 class AssistantMessage(BaseModel):

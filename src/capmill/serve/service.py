@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from capmill.errors import InputError, UnknownNameError
+from capmill.errors import CapmillError, InputError, UnknownNameError
 from capmill.records import Generation, Item, Record, Request, sha256_hex
 from capmill.serve import limits
 from capmill.serve.batcher import Batcher
@@ -252,6 +252,11 @@ class CaptionService:
             decoding=_decoding(base, chat),
             prompt_text=prompt_text,
             constraint=self._response_format(chat),
+            tools=[t.model_dump(exclude_none=True) for t in chat.tools] if chat.tools is not None else base.tools,
+            chat_kwargs={
+                **base.chat_kwargs,
+                **(chat.chat_template_kwargs.model_dump(exclude_none=True) if chat.chat_template_kwargs else {}),
+            },
         )
         return PreparedChat(chat_id, model, item, request, int(time.time()), mode)
 
@@ -269,15 +274,36 @@ class CaptionService:
 
     def _response_format(self, chat: ChatCompletionRequest) -> dict[str, Any] | None:
         """OpenAI response_format -> an engine constraint (JSON, optionally following the client's schema)."""
-        fmt = chat.response_format
-        if fmt is None or fmt.type == "text":
+        fmt, outputs = chat.response_format, chat.structured_outputs
+        constraint: dict[str, Any] | None = None
+        if outputs is not None and (outputs.grammar is not None) + (outputs.json_ is not None) != 1:
+            raise bad_request("structured_outputs: give exactly one of 'grammar' or 'json'", "structured_outputs")
+        if outputs is not None:
+            constraint = {"grammar": outputs.grammar} if outputs.grammar is not None else {"json_schema": outputs.json_}
+        elif fmt is not None and fmt.type == "json_object":
+            constraint = {"json_schema": {"type": "object"}}
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None:
+                raise bad_request("response_format: type json_schema needs a json_schema", "response_format")
+            constraint = {"json_schema": fmt.json_schema.schema_}
+        if constraint is None:
             return None
         self.check_constrainable()
-        if fmt.type == "json_object":
-            return {"json_schema": {"type": "object"}}
-        if fmt.json_schema is None:
-            raise bad_request("response_format: type json_schema needs a json_schema with a schema", "response_format")
-        return {"json_schema": fmt.json_schema.schema_}
+        from capmill.engines.grammars import grammar_for  # a bad schema or grammar is the client's 400, up front
+
+        try:
+            import llguidance
+
+            problem = llguidance.LLMatcher.validate_grammar(grammar_for(constraint))
+        except CapmillError as exc:
+            raise bad_request(str(exc), "response_format" if outputs is None else "structured_outputs") from exc
+        except Exception as exc:  # llguidance's own complaint about the schema
+            raise bad_request(f"cannot constrain to this schema: {exc}", "response_format") from exc
+        if problem:
+            raise bad_request(
+                f"{next(iter(constraint))}: {problem.strip()}", "structured_outputs" if outputs else "response_format"
+            )
+        return constraint
 
 
 def _decoding(base: Request, chat: ChatCompletionRequest) -> Any:
