@@ -169,3 +169,24 @@ def test_healthz_and_metrics(server):  # noqa: ANN001
                  "capmill_queue_depth", "capmill_tokens_total"):  # fmt: skip
         assert name in text
     assert re.search(r'capmill_requests_total\{route="/v1/chat/completions",method="POST",status="200"\} [1-9]', text)
+
+
+def test_capmill_openai_engine_against_capmill_serve(server, captioner, tiny_qwen2_vl, photos):  # noqa: ANN001
+    """capmill's own OpenAI-compatible engine, pointed at this server, captions as the local engine does."""
+    from capmill.captioner import Captioner
+
+    remote = Captioner(
+        model=str(tiny_qwen2_vl),
+        profile=SERVE_PROFILE,
+        engine="openai",
+        decoding={"max_new_tokens": 16},
+        engine_options={"base_url": f"{server.url}/v1", "served_model": SERVE_PROFILE, "max_retries": 0},
+    )
+    try:
+        via_server = remote.caption([str(p) for p in photos[:2]])
+    finally:
+        remote.close()
+    server.idle()
+    local = captioner.caption([str(p) for p in photos[:2]])
+    assert [r.status for r in via_server] == ["ok", "ok"], [r.error for r in via_server]
+    assert [r.caption for r in via_server] == [r.caption for r in local]
