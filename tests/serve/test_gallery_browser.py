@@ -150,3 +150,17 @@ def test_browse_filter_search_edit_and_export(page, browse_server, run_dir):  # 
     assert edited["caption"] == "A person edited this caption in the browser." and edited["edited"] is True
     assert edited["model_caption"].strip() == model_caption.strip()
     assert (run_dir / "edits.jsonl").exists()
+
+
+def test_gallery_behind_an_api_key(page, captioner, photos):  # noqa: ANN001
+    from serve_helpers import serve
+
+    with serve(captioner, api_key="open-sesame") as locked:
+        response = page.goto(locked.url + "/")
+        assert response.status == 401 and "API key needed" in page.content()
+        page.fill("#k", "open-sesame")
+        page.click("button[type=submit]")
+        page.wait_for_selector("body[data-ready='1']")
+        page.set_input_files("#file-input", [str(photos[5])])
+        page.wait_for_selector("#upload-grid .card[data-status='ok']")
+        shot(page, "gallery-after-key")
