@@ -209,7 +209,11 @@ class Captioner:
         if self._engine is None:
             from capmill.engines import ENGINES
 
-            self._engine = ENGINES.get(self.engine_name)(self.model, self.profile, self.engine_options)
+            cls = ENGINES.get(self.engine_name)
+            options = dict(self.engine_options)
+            if "max_batch_size" in getattr(cls.Options, "model_fields", {}):
+                options.setdefault("max_batch_size", self.batch_size)
+            self._engine = cls(self.model, self.profile, options)
         return self._engine
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
@@ -295,14 +299,12 @@ class Captioner:
                     records[i] = self.error_record(items[i], str(exc))
                     continue
                 prepared.append((i, request, time.perf_counter() - t0))
-            prepared.sort(key=lambda p: _size(p[1]))  # similar sizes share a batch: less padding
-            for k in range(0, len(prepared), self.batch_size):
-                chunk = prepared[k : k + self.batch_size]
-                generations = self.generate([r for _, r, _ in chunk])
-                for (i, request, prep_time), generation in zip(chunk, generations, strict=True):
-                    record = self.finish(items[i], request, generation)
-                    record.timings["prepare"] = prep_time
-                    records[i] = record
+            # the whole window goes to the engine, which groups it by token length into batches of batch_size
+            generations = self.generate([r for _, r, _ in prepared])
+            for (i, request, prep_time), generation in zip(prepared, generations, strict=True):
+                record = self.finish(items[i], request, generation)
+                record.timings["prepare"] = prep_time
+                records[i] = record
         return [r for r in records if r is not None]
 
     def close(self) -> None:
@@ -359,9 +361,3 @@ def caption_text(structured: dict[str, Any]) -> str:
     if setting and setting != "unknown":
         parts.append(setting)
     return " | ".join(p for p in parts if p)
-
-
-def _size(request: Request) -> int:
-    pixels = sum(im.size[0] * im.size[1] for im in request.images)
-    pixels += sum(f.size[0] * f.size[1] for v in request.videos for f in v)
-    return pixels // 256 + sum(len(str(m.get("content"))) for m in request.messages) // 4

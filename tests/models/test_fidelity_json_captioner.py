@@ -116,6 +116,18 @@ def test_greedy_output_equals_card_at_batch_1_and_in_batch_of_8(structured):
     assert single.timings["prefix_tokens"] > 500  # batch 1 takes the scaffold prefix from the prefix store
     records = cap.caption(photos)
     assert [r.raw for r in records] == texts
+    # without prefix reuse the eight mixed sizes go in one left-padded batch: still the card's text, row by row
+    padded = Captioner(
+        model=cap.model,
+        profile="json-captioner",
+        scaffold=STANDIN,
+        decoding={"max_new_tokens": MAX_NEW_TOKENS},
+        engine_options={"prefix_cache": False},
+    )
+    padded_records = padded.caption(photos)
+    assert [r.raw for r in padded_records] == texts
+    assert {r.timings["batch_size"] for r in padded_records} == {8}
+    padded.close()
     # two photos of one size: an unpadded batch of 2 that reuses the prefix, still equal to the card
     same_size = cap.caption([photos[6], photos[7]])
     assert [r.raw for r in same_size] == texts[6:]
