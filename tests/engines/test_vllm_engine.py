@@ -170,6 +170,23 @@ def test_prefix_caching_reuses_the_shared_prompt_and_limits_hold_per_item(engine
     assert out[1].finish_reason == "error" and "image" in out[1].error  # 2 images > the limit of 1
 
 
+@pytest.mark.vllm
+def test_video_equals_transformers_engine(engines, tiny_model, coco_photos):
+    """Inkscope's video input: frames prepared by the family, given to vLLM as one (T, H, W, 3) array."""
+    from PIL import Image
+
+    path = tiny_model("qwen2_vl")
+    frames = [Image.open(p).convert("RGB").resize((320, 240)) for p in _photos(coco_photos, 4)]
+    request = get_family("qwen2_vl").build_request(
+        "v", prompt="Describe this video.", system=None, decoding=Decoding(max_new_tokens=N), videos=[frames]
+    )
+    ref = engines("transformers", path, "inkscope-2b", HF).generate([request])[0]
+    got = engines("vllm", path, "inkscope-2b", QWEN2_VL).generate([request])[0]
+    assert got.error is None and got.text == ref.text
+    assert (got.prompt_tokens, got.completion_tokens) == (ref.prompt_tokens, ref.completion_tokens)
+    assert ref.prompt_tokens > 60  # the frames are in the prompt as video tokens
+
+
 def _counter(engine, name: str) -> float:
     return sum(getattr(m, "value", 0) for m in engine.llm.get_metrics() if m.name.endswith(name))
 
