@@ -8,7 +8,6 @@ from pathlib import Path
 # In-process engine core (no extra process), 1 GiB of KV cache: an engine starts in seconds on this CPU.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # float32 like the transformers engine on CPU (vLLM's "auto" would run these float32 checkpoints in bfloat16)
 VLLM_OPTIONS = {"enforce_eager": True, "max_model_len": 4096, "dtype": "float32"}
