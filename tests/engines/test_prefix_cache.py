@@ -63,16 +63,18 @@ def test_prefix_reuse_gives_the_cards_output_in_every_batch(setup):
     again = cap.caption(list(reversed(photos)))
     assert [r.raw for r in again] == list(reversed(refs))
     assert store.misses == 1
+    # the time split: the prompt pass (prefill) apart from decoding, both measured
+    assert all(r.timings["prefill"] > 0 and r.timings["generate"] > 0 for r in again)
     cap.close()
 
 
 def test_without_prefix_reuse_outputs_are_the_same_and_batches_may_be_padded(setup):
     path, photos, refs = setup
     cap = _captioner(path, prefix_cache=False)
-    records = cap.caption(photos)
-    assert [r.raw for r in records] == refs
+    records = cap.caption(photos[:4])  # four sizes: 640x428, 640x559, 612x612, 480x640
+    assert [r.raw for r in records] == refs[:4]
     assert all(r.timings["prefix_tokens"] == 0 for r in records)
-    assert {r.timings["batch_size"] for r in records} == {8}  # one padded batch of mixed sizes
+    assert {r.timings["batch_size"] for r in records} == {4}  # one padded batch of mixed sizes
     cap.close()
 
 

@@ -171,10 +171,12 @@ class TransformersEngine(Engine):
         decoding = batch[0].decoding
         kwargs = self._generate_kwargs(decoding, batch)
         prefix = self._prefix_length(inputs)
+        t_prefix = time.perf_counter()
         if prefix:
             kwargs["past_key_values"] = self.prefixes.cache_for(
                 self.model, inputs["input_ids"][:1, :prefix], len(batch)
             )
+        clock = kwargs["streamer"] = _FirstTokenClock()
         t1 = time.perf_counter()
         if decoding.seed is not None:
             torch.manual_seed(decoding.seed)
@@ -195,8 +197,9 @@ class TransformersEngine(Engine):
         prompt_lens = mask.sum(dim=1).tolist() if mask is not None else [input_ids.shape[1]] * n
         encode_time = sum(t for _, t in singles)
         timings = {
-            "preprocess": (encode_time + t1 - t0) / n,
-            "generate": (t2 - t1) / n,
+            "preprocess": (encode_time + t_prefix - t0) / n,
+            "prefill": ((clock.first or t2) - t_prefix) / n,  # the prefix (when computed now) and the prompt pass
+            "generate": (t2 - (clock.first or t2)) / n,  # decoding after the first token
             "decode": (t3 - t2) / n,
             "batch_size": n,
             "prefix_tokens": prefix,
@@ -299,6 +302,22 @@ def _media_token_ids(processor: Any, tokenizer: Any) -> set[int]:
                 if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
                     ids.add(token_id)
     return ids
+
+
+class _FirstTokenClock:
+    """A generate streamer that only notes when the first new token exists: the end of the prompt pass."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first: float | None = None
+
+    def put(self, value: Any) -> None:  # called with the prompt, then once per step
+        self.calls += 1
+        if self.calls == 2:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
 
 
 def _failed(exc: Exception) -> Generation:
