@@ -116,6 +116,8 @@ def test_greedy_output_equals_card_at_batch_1_and_in_batch_of_8(structured):
     assert single.timings["prefix_tokens"] > 500  # batch 1 takes the scaffold prefix from the prefix store
     records = cap.caption(photos)
     assert [r.raw for r in records] == texts
+    # one padded batch of 8 that still reuses the prefix (row_merge): rows from the prefix, one batched decode
+    assert {(r.timings["batch_size"], r.timings["prefix_tokens"] > 500) for r in records} == {(8, True)}
     # without prefix reuse the eight mixed sizes go in one left-padded batch: still the card's text, row by row
     padded = Captioner(
         model=cap.model,

@@ -20,6 +20,7 @@ from capmill.engines.prefix_cache import (
     equal_length_batches,
     shared_prefix_length,
 )
+from capmill.engines.row_merge import generate_merged
 from capmill.errors import ConfigError, ModelLoadError
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
@@ -35,6 +36,7 @@ class TransformersOptions(EngineOptions):
     max_batch_size: int = 8  # a larger batch from the caller is split into sub-batches of this size
     sort_by_length: bool = True  # group similar lengths in one generate call: less padding
     prefix_cache: bool = True  # reuse the shared prompt prefix's state across unpadded batches
+    merge_rows: bool = True  # with prefix_cache: padded batches too (rows from the prefix, one batched decode)
     split_by_length: bool = True  # with prefix_cache: batches of one token length only, so each reuses the prefix
     trust_remote_code: bool = False
     threads: int | None = None  # torch.set_num_threads, for shared CPUs
@@ -150,7 +152,11 @@ class TransformersEngine(Engine):
         size = max(1, self.options.max_batch_size)  # type: ignore[attr-defined]
         out = []
         for indices in groups.values():
-            if self.options.split_by_length and self._reusable_prefix([encoded[i][0] for i in indices]):  # type: ignore[attr-defined]
+            if (
+                self.options.split_by_length
+                and not self.options.merge_rows
+                and self._reusable_prefix([encoded[i][0] for i in indices])
+            ):  # type: ignore[attr-defined]
                 lengths = {i: encoded[i][0]["input_ids"].shape[1] for i in indices}
                 out.extend(equal_length_batches(indices, lengths, size))
                 continue
@@ -177,11 +183,24 @@ class TransformersEngine(Engine):
                 self.model, inputs["input_ids"][:1, :prefix], len(batch)
             )
         clock = kwargs["streamer"] = _FirstTokenClock()
-        t1 = time.perf_counter()
         if decoding.seed is not None:
             torch.manual_seed(decoding.seed)
+        merge = not prefix and self._merge_ok(inputs, singles, batch, decoding)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **kwargs)
+            if merge:  # padded, but the rows share a long prefix: rows from the prefix, then one batched decode
+                prefix = merge
+                out = generate_merged(
+                    self.model,
+                    self.prefixes,
+                    [self._on_device(s) for s, _ in singles],
+                    merge,
+                    kwargs,
+                    self.tokenizer.pad_token_id,
+                    lambda t: self._ends_at_first(t, decoding),
+                    on_first=clock.put_first,
+                )
+            else:
+                out = self.model.generate(**inputs, **kwargs)
         t2 = time.perf_counter()
         input_ids = inputs["input_ids"]
         new = out
@@ -230,6 +249,34 @@ class TransformersEngine(Engine):
         if n < MIN_PREFIX:
             return False
         return all(s["input_ids"].shape[1] > n and torch.equal(s["input_ids"][0, :n], first[:n]) for s in singles)
+
+    def _merge_ok(self, inputs: Any, singles: list[Any], batch: list[Request], decoding: Decoding) -> int:
+        """The prefix length to use for a padded batch through row_merge, or 0 for the plain path."""
+        mask = inputs.get("attention_mask")
+        if not self.options.merge_rows or len(batch) < 2 or mask is None or bool(mask.all()):  # type: ignore[attr-defined]
+            return 0
+        if decoding.max_new_tokens < 2 or any(r.constraint for r in batch) or any(r.videos for r in batch):
+            return 0
+        rows = [s for s, _ in singles]
+        if not self._reusable_prefix(rows):
+            return 0
+        return shared_prefix_length(collate(rows[:1], self.tokenizer.pad_token_id), self._media_ids)
+
+    def _on_device(self, single: Any) -> Any:
+        import torch
+
+        single = single.to(self.device)
+        for key, value in single.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                single[key] = value.to(self.dtype)
+        return single
+
+    def _ends_at_first(self, token: int, decoding: Decoding) -> bool:
+        eos = self.model.generation_config.eos_token_id
+        if token in (eos if isinstance(eos, list) else [eos]):
+            return True
+        text = self.tokenizer.decode([token])
+        return any(text.endswith(stop) for stop in decoding.stop)
 
     def _prefix_length(self, inputs: Any) -> int:
         """How many leading tokens come from the prefix store (0: plain prefill)."""
@@ -318,6 +365,10 @@ class _FirstTokenClock:
 
     def end(self) -> None:
         pass
+
+    def put_first(self) -> None:
+        """row_merge: the rows' prompt passes are done (their first tokens exist)."""
+        self.first, self.calls = time.perf_counter(), 2
 
 
 def _failed(exc: Exception) -> Generation:
