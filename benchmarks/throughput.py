@@ -1,6 +1,6 @@
 """Throughput: the card's one-image loop (a) vs capmill's engine (b) vs the whole `capmill caption` pipeline (c).
 
-Run: python benchmarks/throughput.py [--images 24] [--tokens 64] [--rounds 2] [--batch 8] [--workers 1]
+Run: python benchmarks/throughput.py [--images 24] [--tokens 64] [--rounds 2] [--batch 8] [--workers 1] [--sweep]
 
 One process, the contenders interleaved round by round on the same photos and the same tiny random-weight models
 (a compute-bound Qwen3.5 under json-captioner with the stand-in scaffold of tests/models/data, a Qwen2-VL under
@@ -138,6 +138,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="decode processes of (c)")
     parser.add_argument("--profiles", default="json-captioner,inkscope-2b")
     parser.add_argument("--no-prefix-cache", action="store_true", help="(b) and its ratio without prefix reuse")
+    parser.add_argument("--sweep", action="store_true", help="only (b), under each batch size and prefix setting")
     args = parser.parse_args()
     import torch
 
@@ -155,10 +156,59 @@ def main() -> int:
             f"(c) decode workers {args.workers}, engine options {engine_options or 'default'}"
         )
         for profile in args.profiles.split(","):
-            run_profile(profile, ps, args, engine_options, scratch)
+            if args.sweep:
+                sweep(profile, ps, args, scratch)
+            else:
+                run_profile(profile, ps, args, engine_options, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def sweep(profile: str, ps: list[Path], args, scratch: Path) -> None:
+    """The means, measured: (b) with each engine setting, interleaved round by round; outputs must not change."""
+    from capmill.captioner import Captioner
+
+    variants = {
+        f"batch {b}, {name}": (b, opts)
+        for b in (8, 16)
+        for name, opts in (
+            ("no prefix reuse (padded batches)", {"prefix_cache": False}),
+            ("prefix reuse, unpadded batches only", {"split_by_length": False}),
+            ("prefix reuse + batches cut at length boundaries", {}),
+        )
+    }
+    arch = "qwen3_5" if profile == "json-captioner" else "qwen2_vl"
+    path = model(arch)
+    import test_fidelity_json_captioner as card
+
+    extra = {"scaffold": card.STANDIN} if profile == "json-captioner" else {}
+    caps = {
+        name: Captioner(
+            model=path,
+            profile=profile,
+            decoding={"max_new_tokens": args.tokens},
+            batch_size=b,
+            engine_options={"max_batch_size": b, **opts},
+            **extra,
+        )
+        for name, (b, opts) in variants.items()
+    }
+    best = dict.fromkeys(caps, float("inf"))
+    outputs: dict[str, list[str]] = {}
+    for cap in caps.values():
+        cap.caption(ps[:1])  # load and warm
+    for _ in range(args.rounds):
+        for name, cap in caps.items():
+            t0 = time.perf_counter()
+            outputs[name] = [r.raw for r in cap.caption(ps)]
+            best[name] = min(best[name], time.perf_counter() - t0)
+    first = next(iter(outputs.values()))
+    print(f"\n{profile}: engine settings, {len(ps)} photos, best of {args.rounds} rounds")
+    for name in caps:
+        same = "same outputs" if outputs[name] == first else "OUTPUTS DIFFER"
+        print(f"  {name:60} {len(ps) / best[name]:7.3f} images/s  {same}")
+        caps[name].close()
 
 
 def run_profile(profile: str, ps: list[Path], args, engine_options: dict, scratch: Path) -> None:
