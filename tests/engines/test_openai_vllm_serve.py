@@ -33,19 +33,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model, tmp_path_factory):
-    """`vllm serve` of the tiny Qwen2-VL as `tiny`, float32, llguidance structured outputs; yields its /v1 URL."""
-    path = tiny_model("qwen2_vl")
+def _serve(path: Path, log: Path, *args: str):
+    """Start `vllm serve` of `path` as `tiny` on a free port; returns (process, base URL) once /health answers."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(path), "--served-model-name", "tiny",
         "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
-        "--limit-mm-per-prompt", '{"image": 1, "video": 0}',
-        "--structured-outputs-config", '{"backend": "guidance"}',
+        "--enforce-eager", "--max-model-len", "4096",
+        "--structured-outputs-config", '{"backend": "guidance"}', *args,
     ]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine core in a process of its own
@@ -59,20 +55,36 @@ def vllm_server(tiny_model, tmp_path_factory):
                 raise RuntimeError(f"vllm serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
+                    return proc, f"{url}/v1"
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"vllm serve did not start in time:\n{log.read_text()[-3000:]}")
             time.sleep(1)
-        yield f"{url}/v1", path
+    except BaseException:
+        _stop(proc)
+        raise
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model, tmp_path_factory):
+    """`vllm serve` of the tiny Qwen2-VL, float32, one image per prompt; yields (its /v1 URL, the model path)."""
+    path = tiny_model("qwen2_vl")
+    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    proc, url = _serve(path, log, "--dtype", "float32", "--limit-mm-per-prompt", '{"image": 1, "video": 0}')
+    try:
+        yield url, path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +147,38 @@ def test_server_errors_are_per_item(vllm_server, coco_photos):
     out = OpenAIEngine("tiny", get_profile(PROFILE), {"base_url": url}).generate([good[0], bad, good[1]])
     assert out[0].error is None and out[2].error is None
     assert out[1].finish_reason == "error" and out[1].error.startswith("HTTP 400")
+
+
+def test_json_captioner_tools_through_vllm_serve_equal_in_process_vllm(tiny_model, tmp_path_factory, coco_photos):
+    """The json-captioner behind `vllm serve`: the scaffold's tools and enable_thinking=False travel in the request
+    and the server's chat template renders them into the same prompt as in process (same prompt token count);
+    greedy output equals the in-process vLLM engine's (both bfloat16, the same kernels)."""
+    from vllm_support import QWEN3_5_OPTIONS, QWEN3_5_SIZES, SCAFFOLD
+
+    from capmill.engines.vllm_engine import VLLMEngine
+
+    path = tiny_model("qwen3_5", **QWEN3_5_SIZES)
+    requests = []
+    for mode, inputs in (("text", ["A dog on a red sofa.", "Two boats on a lake."]), ("structured", coco_photos[:2])):
+        cap = Captioner(
+            model=str(path), profile="json-captioner", mode=mode, scaffold=SCAFFOLD, decoding={"max_new_tokens": N}
+        )
+        requests += [cap.prepare(cap.to_item(str(x), i)) for i, x in enumerate(inputs)]
+    engine = VLLMEngine(str(path), cap.profile, QWEN3_5_OPTIONS)
+    try:
+        local = engine.generate(requests)
+        local_ids = engine.token_ids(requests)
+    finally:
+        engine.close()
+    log = tmp_path_factory.mktemp("vllm-serve-qwen3_5") / "server.log"
+    proc, url = _serve(path, log, "--dtype", "bfloat16", "--limit-mm-per-prompt", '{"image": 1, "video": 0}')
+    try:
+        served = OpenAIEngine("tiny", cap.profile, {"base_url": url, "concurrency": 2}).generate(requests)
+    finally:
+        _stop(proc)
+    assert all(r.tools for r in requests)
+    for i, (g, ref) in enumerate(zip(served, local, strict=True)):
+        assert g.error is None, g.error
+        assert g.prompt_tokens == ref.prompt_tokens > 500, f"#{i}: the server rendered another prompt"
+        assert g.completion_tokens == len(local_ids[i]) == N
+        assert _same_text(g.text, ref.text), f"#{i}: served {g.text!r} != in-process {ref.text!r}"
