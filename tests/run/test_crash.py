@@ -28,7 +28,8 @@ KILLS = 10
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    for i in range(100):
+    # enough inputs, each batch slow enough, that ten kills land before the run can finish on an idle machine
+    for i in range(300):
         (folder / f"img{i:03d}.jpg").write_bytes(jpeg((i * 5 % 256, i * 11 % 256, 40)))
     for i in range(4):  # duplicates of earlier images
         (folder / f"dup{i}.jpg").write_bytes((folder / f"img{i:03d}.jpg").read_bytes())
@@ -41,7 +42,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path):
         "--engine", "scripted-test", "--run-dir", str(run_dir), "--batch-size", "4", "--shard-size", "3",
         "--workers", "1", "--quiet",
     )  # fmt: skip
-    env = {**os.environ, "CAPMILL_SCRIPTED_DELAY": "0.04", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "CAPMILL_SCRIPTED_DELAY": "0.08", "OMP_NUM_THREADS": "1"}
     rng = random.Random(int(os.environ.get("CAPMILL_CRASH_SEED", "20261122")))
     progress, kills, attempt = [], 0, 0
     while kills < KILLS and attempt < 2 * KILLS:
@@ -49,7 +50,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path):
         proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)  # fmt: skip
         if attempt % 3 == 0:
-            time.sleep(rng.uniform(0.0, 2.0))  # any moment, start-up included
+            time.sleep(rng.uniform(0.0, 1.5))  # any moment, start-up included
         else:
             wait_for_activity(run_dir, proc, started)  # a moment while shards are being written and committed
             time.sleep(rng.uniform(0.0, 0.5))
