@@ -125,7 +125,9 @@ def test_gallery_shows_structured_json(json_server, photos, browser):  # noqa: A
         # Text first: a text-only request right after a batch of images hits an engine bug (test below).
         page.fill("#text-input", "Two horses walk along a beach.")
         page.click("#text-form button[type=submit]")
-        page.wait_for_selector("#upload-grid .card[data-status='ok'], #upload-grid .card[data-status='repaired']")
+        page.wait_for_selector(
+            "#upload-grid .card[data-status='ok'], #upload-grid .card[data-status='repaired']", timeout=120_000
+        )
         page.set_input_files("#file-input", [str(p) for p in photos[:2]])
         page.wait_for_function(
             "() => { const c = [...document.querySelectorAll('#upload-grid .card')];"
