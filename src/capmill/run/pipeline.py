@@ -8,11 +8,9 @@ records to the run folder. Every queue is bounded, so memory does not grow with 
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from capmill.data.images import DecodeOptions
 from capmill.data.runfolder import RunFolder
 from capmill.errors import InputError
 from capmill.records import Generation, Item, Record, Request
+from capmill.run.emitter import RecordEmitter
 from capmill.run.stats import Stats
 from capmill.run.workers import done_future, load_item, make_pool
 
@@ -80,12 +79,12 @@ class Pipeline:
         self._stop = threading.Event()  # everything stops
         self._halt_inputs = threading.Event()  # reading and batching stop; the writer finishes what is generated
         self._errors: list[BaseException] = []
-        # deduplication state: keys sent to the model this session, followers waiting for their original
+        # deduplication: keys sent to the model this session; the emitter holds followers waiting for their
+        # original, and keeps every finished original of the open (uncommitted) shard findable
         self._sent: set[str] = set()
-        self._waiting: dict[str, list[Item]] = {}
-        # every finished original of the open (uncommitted) shard must stay findable here
-        self._recent_size = max(self.options.recent_records, out.shard_size + 1)
-        self._recent: OrderedDict[str, Record] = OrderedDict()
+        self.emitter = RecordEmitter(
+            out, self.stats, self.on_progress, max(self.options.recent_records, out.shard_size + 1)
+        )
         self._sent_batches = 0
         self._engine_loaded = False
         self._fetch_pool: Executor | None = None
@@ -293,40 +292,17 @@ class Pipeline:
                     start = time.perf_counter()
                     record = self.captioner.finish(item, request, generation)
                     self.stats.add_time("parse", time.perf_counter() - start)
-                    self._emit(item, record, _generation_reason(record, generation))
-                    self._remember(item.content_hash, record)
+                    self.emitter.emit(item, record, _generation_reason(record, generation))
+                    self.emitter.remember(item.content_hash, record)
             elif kind == "error":
                 item, error, original = message[1], message[2], message[3]
                 record = self.captioner.error_record(item, str(error))
-                self._emit(item, record, getattr(error, "reason", None) or "error")
+                self.emitter.emit(item, record, getattr(error, "reason", None) or "error")
                 if original:
-                    self._remember(item.content_hash, record)
+                    self.emitter.remember(item.content_hash, record)
             else:
-                self._copy(message[1])
-        if self._waiting:  # cannot happen unless an original was lost; never drop an input silently
-            raise RuntimeError(f"{sum(map(len, self._waiting.values()))} duplicate inputs lost their original")
-
-    def _emit(self, item: Item, record: Record, reason: str | None) -> None:
-        start = time.perf_counter()
-        self.out.add(record, item.data, reason)
-        self.stats.add_time("write", time.perf_counter() - start)
-        self.stats.count_record(record.status, reason if record.status == "error" else None)
-        self.on_progress(self.stats)
-
-    def _remember(self, content_hash: str, record: Record) -> None:
-        self._recent[content_hash] = record
-        if len(self._recent) > self._recent_size:
-            self._recent.popitem(last=False)
-        for follower in self._waiting.pop(content_hash, []):
-            self._emit(follower, _copy_for(follower, record), None)
-
-    def _copy(self, item: Item) -> None:
-        key = item.content_hash
-        original = self._recent.get(key) or self.out.find_record(self.out.key_for(key), include_errors=True)
-        if original is None:
-            self._waiting.setdefault(key, []).append(item)  # its original is still in the model
-        else:
-            self._emit(item, _copy_for(item, original), None)
+                self.emitter.copy(message[1])
+        self.emitter.check_done()
 
     # -- driver ----------------------------------------------------------------------------------------
     def _finish_writing(self, writer: threading.Thread) -> None:
@@ -386,10 +362,3 @@ def _request_size(request: Request) -> int:
     pixels = sum(im.size[0] * im.size[1] for im in request.images)
     pixels += sum(f.size[0] * f.size[1] for video in request.videos for f in video)
     return pixels // 784 + sum(len(str(m.get("content"))) for m in request.messages) // 4
-
-
-def _copy_for(item: Item, original: Record) -> Record:
-    """The record of a duplicate input: the original's caption under the duplicate's own id and source."""
-    meta = {k: v for k, v in item.meta.items() if isinstance(v, (str, int, float, bool))}
-    meta["duplicate_of"] = original.id
-    return dataclasses.replace(original, id=item.id, source=item.source, meta=meta, timings={}, tokens={})

@@ -15,14 +15,13 @@ import json
 import os
 import sqlite3
 import time
-from collections import OrderedDict
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from capmill.errors import ConfigError, MissingDependencyError
 from capmill.records import Item, Record
-from capmill.run.pipeline import _copy_for  # the local runner's copy record, so both runners write the same
+from capmill.run.emitter import RecordEmitter  # the local runner's, so both runners write the same records
 from capmill.run.ray_tasks import CaptionWorker, item_schema, read_batch, registry_class, row_of
 from capmill.run.stats import Stats
 
@@ -150,9 +149,7 @@ class _Writer:
         self.captioner, self.out, self.stats = captioner, out, stats
         self.on_progress = on_progress or (lambda stats: None)
         self.items: dict[int, Item] = {}  # listed items by row number, until their record is written
-        self._recent: OrderedDict[str, Record] = OrderedDict()
-        self._recent_size = max(256, out.shard_size + 1)
-        self._waiting: dict[str, list[Item]] = {}
+        self.emitter = RecordEmitter(out, stats, self.on_progress, max(256, out.shard_size + 1))
 
     def list_items(self, source: Any) -> list[dict[str, Any]]:
         """Rows for the dataset; what is done is skipped and inputs the source could not read are written now."""
@@ -171,7 +168,7 @@ class _Writer:
                 continue
             error = item_error(item)
             if error is not None:
-                self._emit(item, self.captioner.error_record(item, str(error)), error.reason or "error")
+                self.emitter.emit(item, self.captioner.error_record(item, str(error)), error.reason or "error")
                 continue
             i = len(self.items)
             self.items[i] = item
@@ -186,7 +183,7 @@ class _Writer:
             item._hash = row["hash"]
         if row["kind"] == "copy":
             self.stats.duplicates += 1
-            self._copy(item)
+            self.emitter.copy(item)
             return
         record = Record.from_dict(json.loads(row["record"]))
         if row["kind"] == "generated":
@@ -197,37 +194,14 @@ class _Writer:
                 self.stats.completion_tokens += int(tokens.get("completion", 0))
             for stage, seconds in json.loads(row["times"] or "{}").items():
                 self.stats.add_time(stage, seconds)
-        self._emit(item, record, row["reason"], row["media"])
+        self.emitter.emit(item, record, row["reason"], row["media"])
         if row["hash"] and row["original"]:
-            self._remember(row["hash"], record)
+            self.emitter.remember(row["hash"], record)
 
     def finish(self) -> None:
         if self.items:
             raise RuntimeError(f"{len(self.items)} inputs came back from the cluster without a record")
-        if self._waiting:
-            raise RuntimeError(f"{sum(map(len, self._waiting.values()))} duplicate inputs lost their original")
-
-    def _emit(self, item: Item, record: Record, reason: str | None, media: bytes | None = None) -> None:
-        start = time.perf_counter()
-        self.out.add(record, media, reason)
-        self.stats.add_time("write", time.perf_counter() - start)
-        self.stats.count_record(record.status, reason if record.status == "error" else None)
-        self.on_progress(self.stats)
-
-    def _remember(self, content_hash: str, record: Record) -> None:
-        self._recent[content_hash] = record
-        if len(self._recent) > self._recent_size:
-            self._recent.popitem(last=False)
-        for follower in self._waiting.pop(content_hash, []):
-            self._emit(follower, _copy_for(follower, record), None)
-
-    def _copy(self, item: Item) -> None:
-        key = item.content_hash
-        original = self._recent.get(key) or self.out.find_record(self.out.key_for(key), include_errors=True)
-        if original is None:
-            self._waiting.setdefault(key, []).append(item)  # its original is still on the cluster
-        else:
-            self._emit(item, _copy_for(item, original), None)
+        self.emitter.check_done()
 
 
 def _pool_shape(resources: dict[str, float], opts: RayOptions) -> tuple[int, float, float]:
