@@ -108,6 +108,10 @@ class PrefixStore:
         self.hits = 0
         self.misses = 0
 
+    def clear(self) -> None:
+        """Forget every stored prefix (the next batch computes its prefix again, as a fresh run's first does)."""
+        self._store.clear()
+
     def cache_for(self, model: Any, prefix_ids: Any, batch: int) -> Any:
         import torch
 
