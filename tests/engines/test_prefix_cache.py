@@ -104,3 +104,22 @@ def test_repeat_batch_copies_every_layer_state_and_leaves_the_original(setup):
             assert copied[name].shape[0] == 3 * value.shape[0]
             assert all(torch.equal(row, value[0]) for row in copied[name])
     cap.close()
+
+
+def test_text_after_a_batch_of_images_is_still_the_cards_text_output(setup, coco_rows):
+    """Qwen models keep M-RoPE offsets from their last call; a cached-prefix call must not reuse another batch's."""
+    from capmill.records import Item
+
+    path, photos, refs = setup
+    loaded = card.card_load(path)
+    texts = [row["captions"][0] for row in coco_rows[:2]]
+    text_refs = [card.card_caption(*loaded, caption_text=t)[1] for t in texts]
+    cap = _captioner(path)
+    images = [cap.prepare(Item(str(p), str(p), data=p.read_bytes())) for p in photos[:3]]
+    assert [g.text for g in cap.generate(images)] == refs[:3]  # a batch of images leaves its offsets behind
+    for text, ref in zip(texts, text_refs, strict=True):  # one text alone, then both in one batch
+        alone = cap.generate([cap.prepare(Item("t", "t", "text", text=text), mode="text")])
+        assert alone[0].error is None and alone[0].text == ref
+    both = cap.generate([cap.prepare(Item(f"t{i}", "t", "text", text=t), mode="text") for i, t in enumerate(texts)])
+    assert [g.text for g in both] == text_refs
+    cap.close()

@@ -93,11 +93,6 @@ def test_vllm_structured_outputs_and_bad_constraints(json_server):  # noqa: ANN0
     assert no_schema.status_code == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (reported): on the Qwen3.5 family a text-only request right after a batch of 2 images fails "
-    "with 'Sizes of tensors must match ... Expected size 2 but got size 1' (state left from the previous batch)",
-)
 def test_text_after_a_batch_of_images(json_server, captioner_qwen3_5, photo_bytes, photos):  # noqa: ANN001
     import concurrent.futures as cf
 
@@ -122,7 +117,6 @@ def test_gallery_shows_structured_json(json_server, photos, browser):  # noqa: A
     try:
         page.goto(json_server.url + "/")
         page.wait_for_selector("body[data-ready='1']")
-        # Text first: a text-only request right after a batch of images hits an engine bug (test below).
         page.fill("#text-input", "Two horses walk along a beach.")
         page.click("#text-form button[type=submit]")
         page.wait_for_selector(

@@ -43,6 +43,18 @@ def merge_rows(caches: list[Any], lengths: list[int]) -> Any:
     return merged
 
 
+def reset_rope_state(model: Any) -> None:
+    """Forget the M-RoPE offsets a Qwen-VL model keeps from its last call.
+
+    Qwen2-VL, Qwen2.5-VL and Qwen3.5 store `rope_deltas` on the model and reuse them whenever a call starts
+    from a cache (a reused prefix): left over from another batch they give a text-only prompt the positions of
+    the previous images, or the wrong batch size. Every generate call that starts from a cache starts clean.
+    """
+    for module in (model, getattr(model, "model", None)):
+        if module is not None and getattr(module, "rope_deltas", None) is not None:
+            module.rope_deltas = None
+
+
 def generate_merged(
     model: Any,
     prefixes: PrefixStore,
@@ -65,6 +77,7 @@ def generate_merged(
     caches, firsts, lengths = [], [], []
     for single in singles:
         cache = prefixes.cache_for(model, single["input_ids"][:1, :prefix], 1)
+        reset_rope_state(model)
         out = model.generate(**single, past_key_values=cache, return_dict_in_generate=True, **row_kwargs)
         caches.append(out.past_key_values)
         firsts.append(out.sequences[:, -1:])
@@ -81,6 +94,7 @@ def generate_merged(
         return ids
     extra: dict[str, Any] = {}
     inner = getattr(model, "model", None)
+    reset_rope_state(model)
     if "mm_token_type_ids" in batch and hasattr(inner, "get_rope_index"):
         mm = batch["mm_token_type_ids"]
         extra["mm_token_type_ids"] = torch.cat([mm, mm.new_zeros((mm.shape[0], 1))], dim=1)

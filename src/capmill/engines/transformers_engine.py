@@ -20,7 +20,7 @@ from capmill.engines.prefix_cache import (
     equal_length_batches,
     shared_prefix_length,
 )
-from capmill.engines.row_merge import generate_merged
+from capmill.engines.row_merge import generate_merged, reset_rope_state
 from capmill.errors import ConfigError, ModelLoadError
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
@@ -200,6 +200,7 @@ class TransformersEngine(Engine):
                     on_first=clock.put_first,
                 )
             else:
+                reset_rope_state(self.model)
                 out = self.model.generate(**inputs, **kwargs)
         t2 = time.perf_counter()
         input_ids = inputs["input_ids"]
