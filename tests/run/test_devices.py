@@ -79,3 +79,8 @@ def test_two_cpu_engines_give_the_records_of_one(tiny_model, coco_photos, tmp_pa
     two = records(["--devices", "cpu,cpu"], "two")
     assert len(one) == 5 and all(r["status"] == "ok" for r in one)
     assert two == one
+    # The two engines load in parallel threads; transformers' load-time no-op for tie_weights must not outlive them
+    # (it did, and every later load in the process left tied weights such as BLIP-2's lm_head on the meta device).
+    from transformers import PreTrainedModel
+
+    assert PreTrainedModel.tie_weights.__name__ == "tie_weights"

@@ -8,6 +8,7 @@ transformers' vectorised StopStringCriteria (no per-token Python), and timings a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -27,6 +28,13 @@ from capmill.models.resolve import read_model_config, resolve_family
 from capmill.records import Decoding, Generation, Request
 
 log = logging.getLogger(__name__)
+
+# transformers' from_pretrained swaps PreTrainedModel.tie_weights for a no-op on the class while it builds the model
+# (initialization.no_tie_weights) and puts back what it found. Two loads in parallel threads (one engine per device,
+# a server loading in a worker thread) can leave the no-op in place for the rest of the process, after which no
+# model ties its weights: tied parameters (BLIP-2's T5 lm_head and embeddings) stay on the meta device. So loads
+# in this process take turns.
+_LOAD_LOCK = threading.Lock()
 
 
 class TransformersOptions(EngineOptions):
@@ -83,19 +91,23 @@ class TransformersEngine(Engine):
         cls = self.family.model_class()
         kwargs = {"dtype": self.dtype, "trust_remote_code": self.options.trust_remote_code}  # type: ignore[attr-defined]
         try:
-            try:
-                loaded = cls.from_pretrained(model, attn_implementation=self.attn_implementation, **kwargs)
-            except (ValueError, ImportError) as exc:
-                if self.options.attn_implementation:  # type: ignore[attr-defined]
-                    raise  # the user asked for this one: say so rather than quietly use another
-                if "sdpa" in str(exc) or "flash" in str(exc).lower():
-                    self.attn_implementation = "eager"
-                    loaded = cls.from_pretrained(model, attn_implementation="eager", **kwargs)
-                else:
-                    raise
+            with _LOAD_LOCK:
+                loaded = self._from_pretrained(cls, model, kwargs)
         except Exception as exc:
             raise ModelLoadError(f"{model}: could not load the model ({type(exc).__name__}: {exc})") from exc
         return loaded.to(self.device).eval()
+
+    def _from_pretrained(self, cls: Any, model: str, kwargs: dict[str, Any]) -> Any:
+        """from_pretrained with the best attention implementation, falling back to eager when it is unavailable."""
+        try:
+            return cls.from_pretrained(model, attn_implementation=self.attn_implementation, **kwargs)
+        except (ValueError, ImportError) as exc:
+            if self.options.attn_implementation:  # type: ignore[attr-defined]
+                raise  # the user asked for this one: say so rather than quietly use another
+            if "sdpa" in str(exc) or "flash" in str(exc).lower():
+                self.attn_implementation = "eager"
+                return cls.from_pretrained(model, attn_implementation="eager", **kwargs)
+            raise
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()

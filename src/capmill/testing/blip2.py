@@ -61,7 +61,11 @@ def build_blip2(s: TinySizes):
         "num_decoder_layers": s.num_layers,
         "num_heads": s.num_heads,
         "feed_forward_proj": "gated-gelu",
-        "tie_word_embeddings": False,
+        # flan-t5 (T5 v1.1) does not rescale decoder outputs by d_model**-0.5. transformers 5's T5Config reads that
+        # from the old `tie_word_embeddings=False` and then ties lm_head to `shared` anyway, so say both explicitly:
+        # lm_head and the encoder/decoder embeddings share `shared.weight`, and only it is saved.
+        "tie_word_embeddings": True,
+        "scale_decoder_outputs": False,
         "decoder_start_token_id": tok.pad_token_id,
         "pad_token_id": tok.pad_token_id,
         "eos_token_id": tok.eos_token_id,
