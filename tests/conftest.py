@@ -16,8 +16,6 @@ def tiny_model(tmp_path_factory):
 
     Treat the folder as read-only (other tests share it); copy it first if a test must change files.
     """
-    import time
-
     from capmill.testing.tiny_models import make_sizes
 
     built: dict[tuple[str, str], Path] = {}
@@ -27,13 +25,9 @@ def tiny_model(tmp_path_factory):
         if key not in built:
             from capmill.testing import build_tiny_model
 
-            folder = tmp_path_factory.mktemp(f"tiny-{arch}")
-            start = time.perf_counter()
-            built[key] = build_tiny_model(arch, folder, **sizes)
-            get.build_seconds[key] = time.perf_counter() - start
+            built[key] = build_tiny_model(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), **sizes)
         return built[key]
 
-    get.build_seconds = {}  # (arch, sizes key) -> seconds the build took, for the build-time check
     return get
 
 

@@ -56,10 +56,8 @@ def generate(processor, model, arch, photo, prompt, max_new_tokens=MAX_NEW):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_builds_quickly_and_loads_with_family_class(arch, tiny_model):
+def test_builds_and_loads_with_family_class(arch, tiny_model):
     path = tiny_model(arch)
-    took = tiny_model.build_seconds[(arch, "")]
-    assert took < 20, f"building tiny {arch} took {took:.1f}s"
     assert (path / "config.json").exists() and (path / "capmill_tiny.json").exists()
     assert any(path.glob("*.safetensors"))
     cls = getattr(transformers, FAMILY_CLASS[arch])
