@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from capmill.records import Item, Record
@@ -52,6 +52,21 @@ class RecordEmitter:
     def check_done(self) -> None:
         if self.waiting:  # cannot happen unless an original was lost; never drop an input silently
             raise RuntimeError(f"{sum(map(len, self.waiting.values()))} duplicate inputs lost their original")
+
+
+def unfinished(source: Iterable[Item], out: Any, stats: Stats) -> Iterator[Item]:
+    """The source's items that still need a record: each id once, none the run folder already holds."""
+    seen: set[str] = set()
+    for item in source:
+        stats.seen += 1
+        if item.id in seen:
+            stats.duplicate_ids += 1
+            continue
+        seen.add(item.id)
+        if out.is_done(item.id):
+            stats.skipped_done += 1
+            continue
+        yield item
 
 
 def copy_for(item: Item, original: Record) -> Record:

@@ -21,7 +21,7 @@ from capmill.data.images import DecodeOptions
 from capmill.data.runfolder import RunFolder
 from capmill.errors import InputError
 from capmill.records import Generation, Item, Record, Request
-from capmill.run.emitter import RecordEmitter
+from capmill.run.emitter import RecordEmitter, unfinished
 from capmill.run.stats import Stats
 from capmill.run.workers import done_future, load_item, make_pool
 
@@ -157,17 +157,8 @@ class Pipeline:
 
     def _feed(self) -> None:
         """Read the sources, skip what is done, submit fetch+decode jobs (blocking when the queue is full)."""
-        seen: set[str] = set()
         opts = self.options
-        for item in self.source:
-            self.stats.seen += 1
-            if item.id in seen:
-                self.stats.duplicate_ids += 1
-                continue
-            seen.add(item.id)
-            if self.out.is_done(item.id):
-                self.stats.skipped_done += 1
-                continue
+        for item in unfinished(self.source, self.out, self.stats):
             needs_work = item.error is None and (item.kind != "text" or item.text is None)
             if not needs_work:
                 future = done_future(item)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from capmill.errors import ConfigError, MissingDependencyError
 from capmill.records import Item, Record
-from capmill.run.emitter import RecordEmitter  # the local runner's, so both runners write the same records
+from capmill.run.emitter import RecordEmitter, unfinished  # the local runner's, so both runners write the same records
 from capmill.run.ray_tasks import CaptionWorker, item_schema, read_batch, registry_class, row_of
 from capmill.run.stats import Stats
 
@@ -155,17 +155,8 @@ class _Writer:
         """Rows for the dataset; what is done is skipped and inputs the source could not read are written now."""
         from capmill.run.workers import item_error
 
-        seen: set[str] = set()
         rows: list[dict[str, Any]] = []
-        for item in source:
-            self.stats.seen += 1
-            if item.id in seen:
-                self.stats.duplicate_ids += 1
-                continue
-            seen.add(item.id)
-            if self.out.is_done(item.id):
-                self.stats.skipped_done += 1
-                continue
+        for item in unfinished(source, self.out, self.stats):
             error = item_error(item)
             if error is not None:
                 self.emitter.emit(item, self.captioner.error_record(item, str(error)), error.reason or "error")
