@@ -86,13 +86,7 @@ def _qwen2_family(s: TinySizes, *, v25: bool):
     patch, merge = 14, 2
     if v25:
         vision = {
-            "depth": s.vision_layers,
-            "hidden_size": s.vision_hidden_size,
-            "intermediate_size": 2 * s.vision_hidden_size,
-            "num_heads": s.vision_heads,
-            "out_hidden_size": s.hidden_size,
-            "patch_size": patch,
-            "spatial_merge_size": merge,
+            **_vision_tower(s, patch, merge),
             "window_size": 112,
             "fullatt_block_indexes": [s.vision_layers - 1],
         }
@@ -165,13 +159,7 @@ def build_qwen3_5(s: TinySizes):
     patch, merge = 16, 2
     side = 8  # learned vision position embeddings on an 8 x 8 grid (a perfect square), interpolated to each image
     vision = {
-        "depth": s.vision_layers,
-        "hidden_size": s.vision_hidden_size,
-        "intermediate_size": 2 * s.vision_hidden_size,
-        "num_heads": s.vision_heads,
-        "out_hidden_size": s.hidden_size,
-        "patch_size": patch,
-        "spatial_merge_size": merge,
+        **_vision_tower(s, patch, merge),
         "temporal_patch_size": 2,
         "num_position_embeddings": side * side,
     }
@@ -191,3 +179,16 @@ def build_qwen3_5(s: TinySizes):
         chat_template=template("qwen3_5_small.jinja"),
     )
     return _finish(model, tok, s, vocab_size), processor
+
+
+def _vision_tower(s: TinySizes, patch: int, merge: int) -> dict[str, int]:
+    """The vision-config keys every Qwen-VL generation shares, at the tiny sizes."""
+    return {
+        "depth": s.vision_layers,
+        "hidden_size": s.vision_hidden_size,
+        "intermediate_size": 2 * s.vision_hidden_size,
+        "num_heads": s.vision_heads,
+        "out_hidden_size": s.hidden_size,
+        "patch_size": patch,
+        "spatial_merge_size": merge,
+    }
