@@ -34,6 +34,12 @@ def assert_same_tensors(ref, got, what: str) -> None:
         assert torch.equal(other, value), f"{what}: {key} differs from the card's"
 
 
+def assert_singles_equal_card(refs: list, singles: list, photos: list[Path]) -> None:
+    """Each photo's batch-1 encoding equals the card's inputs for it (refs: the card's (inputs, text) pairs)."""
+    for (ref_inputs, _), single, photo in zip(refs, singles, photos, strict=True):
+        assert_same_tensors(ref_inputs, single, photo.name)
+
+
 def assert_batch_is_padded_singles(batch, singles: list, concat_keys: tuple[str, ...]) -> None:
     """Rows of a left-padded batch equal the batch-1 encodings; per-image tensors are their concatenation."""
     ids, mask = batch["input_ids"], batch["attention_mask"]

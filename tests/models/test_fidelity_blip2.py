@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from fidelity_support import (
     MAX_NEW_TOKENS,
-    assert_same_tensors,
+    assert_singles_equal_card,
     batch_photos,
     capmill_encodings,
 )
@@ -54,8 +54,7 @@ def test_inputs_equal_card_at_batch_1_and_8(setup):
 
     cap, photos, refs = setup
     singles, batch = capmill_encodings(cap, photos)
-    for (ref_inputs, _), single, photo in zip(refs, singles, photos, strict=True):
-        assert_same_tensors(ref_inputs, single, photo.name)
+    assert_singles_equal_card(refs, singles, photos)
     for key in ("input_ids", "attention_mask", "pixel_values"):  # one prompt for all: no padding at all
         assert torch.equal(batch[key], torch.cat([s[key] for s in singles])), key
 
