@@ -1,6 +1,6 @@
 """Throughput: the card's one-image loop (a) vs capmill's engine (b) vs the whole `capmill caption` pipeline (c).
 
-Run: python benchmarks/throughput.py [--images 24] [--tokens 64] [--rounds 2] [--batch 8] [--workers 1] [--sweep]
+Run: python benchmarks/throughput.py [--images 24] [--tokens 64] [--rounds 2] [--batch 8] [--workers N] [--sweep]
 
 One process, the contenders interleaved round by round on the same photos and the same tiny random-weight models
 (a compute-bound Qwen3.5 under json-captioner with the stand-in scaffold of tests/models/data, a Qwen2-VL under
@@ -115,7 +115,8 @@ class Contenders:
         shutil.rmtree(f"{out}.capmill", ignore_errors=True)
         out.unlink(missing_ok=True)
         argv = ["caption", str(folder), "--model", self.path, "--profile", self.profile, "--greedy"]
-        argv += ["--max-new-tokens", str(self.tokens), "--batch-size", str(self.batch), "--workers", str(self.workers)]
+        argv += ["--max-new-tokens", str(self.tokens), "--batch-size", str(self.batch)]
+        argv += ["--workers", str(self.workers)] if self.workers is not None else []
         argv += ["--out", str(out), "--quiet"] + (["--scaffold", str(self.scaffold)] if self.scaffold else [])
         t0 = time.perf_counter()
         code = main(argv)
@@ -138,7 +139,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=1, help="decode processes of (c)")
+    parser.add_argument("--workers", type=int, default=None, help="decode processes of (c) (default: the CLI's)")
     parser.add_argument("--profiles", default="json-captioner,inkscope-2b")
     parser.add_argument("--no-prefix-cache", action="store_true", help="(b) and its ratio without prefix reuse")
     parser.add_argument("--sweep", action="store_true", help="only (b), under each batch size and prefix setting")
@@ -156,7 +157,7 @@ def main() -> int:
         print(f"tiny models {SIZES}")
         print(
             f"{len(ps)} photos from {where}; {args.tokens} new tokens (greedy), batch {args.batch}, "
-            f"(c) decode workers {args.workers}, engine options {engine_options or 'default'}"
+            f"(c) decode workers {'the CLI default' if args.workers is None else args.workers}, engine options {engine_options or 'default'}"
         )
         for profile in args.profiles.split(","):
             if args.sweep:

@@ -16,6 +16,7 @@ from capmill.models.families import get_family
 from capmill.models.profile import Profile
 from capmill.models.resolve import read_model_config, resolve_family, resolve_profile
 from capmill.records import Decoding, Generation, Item, Record, Request, sha256_hex, stable_hash
+from capmill.request_builder import RequestBuilder
 
 TEXT_SUFFIXES = frozenset({".txt", ".caption", ".md"})
 
@@ -156,52 +157,24 @@ class Captioner:
 
     def prepare(self, item: Item, mode: str | None = None) -> Request:
         """Decode the image / video or take the text, and build the card's prompt; InputError when unusable."""
-        request = self._build_request(item, mode)
-        request.constraint = self._constraint
-        return request
+        return self.preparer().build(item, mode)
 
-    def _build_request(self, item: Item, mode: str | None = None) -> Request:
-        mode = mode or self.mode
-        if item.error:
-            reason, _, detail = item.error.partition(": ")
-            raise InputError(item.source, reason, detail)
-        common = {
-            "system": self.system_prompt(),
-            "decoding": self.decoding,
-            "tools": self.tools(),
-            "chat_kwargs": self.profile.chat_kwargs,
-        }
-        if mode == "text":
-            text = item.text if item.text is not None else (item.data or b"").decode("utf-8", "replace")
-            if not text.strip():
-                raise InputError(item.source, "empty text")
-            if not self.family.supports_text_only:
-                raise InputError(item.source, f"the {self.family_name} family cannot caption text")
-            return self.family.build_request(item.id, prompt=text.strip(), **common)
-        if item.kind == "text":
-            raise InputError(item.source, f"text input needs mode 'text' (this captioner's mode is {mode!r})")
-        if item.kind == "video":
-            if not self.family.supports_video:
-                raise InputError(item.source, f"video is not supported by the {self.family_name} family")
-            from capmill.data.video import sample_frames
-
-            frames = sample_frames(
-                item.data if item.data is not None else item.source,
-                item.source,
-                fps=self.video_fps if self.video_frames is None else None,
-                count=self.video_frames,
-                max_frames=self.max_video_frames,
-            )
-            return self.family.build_request(item.id, prompt=self.prompt(mode), videos=[frames], **common)
-        image = item.image
-        if image is None:
-            from capmill.data.images import decode_image
-
-            image = decode_image(item.data, item.source)
-        try:
-            return self.family.build_request(item.id, prompt=self.prompt(mode), images=[image], **common)
-        except ValueError as exc:  # e.g. an aspect ratio the family's resizing refuses
-            raise InputError(item.source, "unusable image", str(exc)) from exc
+    def preparer(self) -> RequestBuilder:
+        """What `prepare` does, as plain data that pickles: the pipeline's decode workers build Requests with it."""
+        return RequestBuilder(
+            family_name=self.family_name,
+            mode=self.mode,
+            prompts={mode: self.prompt(mode) for mode in self.profile.modes},
+            system=self.system_prompt(),
+            decoding=self.decoding,
+            tools=self.tools(),
+            chat_kwargs=dict(self.profile.chat_kwargs or {}),
+            constraint=self._constraint,
+            video_fps=self.video_fps,
+            video_frames=self.video_frames,
+            max_video_frames=self.max_video_frames,
+            _family=self.family,
+        )
 
     # ---- model ----
     @property

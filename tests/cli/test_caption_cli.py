@@ -137,3 +137,15 @@ def test_json_captioner_structured_to_parquet_on_the_real_tiny_qwen3_5(tmp_path,
     }
     api.close()
     assert {n: (r.status, r.raw, r.structured) for n, r in records.items()} == expected
+
+
+def test_default_workers_take_turns_with_a_model_on_the_cpu():
+    """No --workers: a model computing on this machine's CPU decodes in turns (0); a remote server gets cores-1."""
+    import os
+
+    from capmill.cli.caption import default_workers
+
+    assert default_workers({"engine": "transformers", "engine_options": {"device": "cpu"}}, None) == 0
+    assert default_workers({"engine": "transformers", "engine_options": {}}, "cpu,cpu") == 0
+    remote = {"engine": "openai", "engine_options": {"base_url": "http://127.0.0.1:9/v1"}}
+    assert default_workers(remote, None) == max(1, (os.cpu_count() or 2) - 1)

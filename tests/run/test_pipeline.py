@@ -324,3 +324,78 @@ def test_a_dead_decode_worker_loses_nothing(tmp_path, monkeypatch):
     assert killed, "no worker process was found to kill"
     records = by_id(tmp_path / "run")
     assert len(records) == 60 and all(r.status == "ok" for r in records.values()), summary["run"]
+
+
+def test_decoding_in_turns_never_overlaps_the_model(tmp_path, monkeypatch):
+    """workers=0 (the default for a model on the CPU): every decode+prepare job runs while the model is idle."""
+    import threading
+    import time
+
+    import capmill.run.pipeline as pipeline_module
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(48):
+        (folder / f"{i:02d}.jpg").write_bytes(jpeg((i * 5, 9, 9)))
+    monkeypatch.setenv("CAPMILL_SCRIPTED_DELAY", "0.01")
+    spans: dict[str, list[tuple[float, float]]] = {"decode": [], "model": []}
+    lock = threading.Lock()
+
+    def timed(kind, fn):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                if kind == "decode":
+                    time.sleep(0.004)  # a decode that takes time (a real photo's does), so overlap could happen
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    spans[kind].append((start, time.perf_counter()))
+
+        return run
+
+    monkeypatch.setattr(pipeline_module, "load_and_prepare", timed("decode", pipeline_module.load_and_prepare))
+    monkeypatch.setattr(ScriptedEngine, "generate", timed("model", ScriptedEngine.generate))
+    LocalRunner(job([folder], tmp_path / "run", model_dir(tmp_path / "m"), workers=0, batch_size=2)).run()
+    records = by_id(tmp_path / "run")
+    assert len(records) == 48 and all(r.status == "ok" for r in records.values())
+    assert len(spans["decode"]) == 48 and len(spans["model"]) == 24
+    overlaps = [(d, m) for d in spans["decode"] for m in spans["model"] if d[0] < m[1] and m[0] < d[1]]
+    # a job that started just before the model did may run on into it (the turn is taken per item): never more
+    assert len(overlaps) <= len(spans["model"]), overlaps[:3]
+
+
+def test_worker_processes_build_the_requests(tmp_path):
+    """workers=1: the decode process hands back finished Requests, equal to the ones the captioner builds here."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from capmill.records import Item
+    from capmill.run.workers import load_and_prepare, make_pool
+
+    cap = captioner(model_dir(tmp_path / "m"))
+    builder = cap.preparer()
+    items = [Item(id=p.stem, source=str(p), data=p.read_bytes()) for p in PHOTOS]
+    pool = make_pool(1)
+    assert isinstance(pool, ProcessPoolExecutor)
+    with pool:
+        loaded = [pool.submit(load_and_prepare, it, DecodeOptions(), FetchOptions(), builder, None, False).result()
+                  for it in items]  # fmt: skip
+    for item, got in zip(items, loaded, strict=True):
+        want = cap.prepare(Item(id=item.id, source=item.source, data=item.data))
+        assert got.error is None and got.prepare_error is None and got.prepare_seconds > 0
+        assert got.request.messages == want.messages and got.request.decoding == want.decoding
+        assert [im.size for im in got.request.images] == [im.size for im in want.images]
+        assert [im.tobytes() for im in got.request.images] == [im.tobytes() for im in want.images]
+        assert got.item.image is None and got.item.data is None  # only the Request came back
+        assert got.item.content_hash == item.content_hash
+
+
+def test_a_worker_reports_what_the_builder_refuses(tmp_path):
+    from capmill.records import Item
+    from capmill.run.workers import load_and_prepare
+
+    cap = captioner(model_dir(tmp_path / "m"))
+    item = Item(id="t", source="note.txt", kind="text", text="a caption")
+    got = load_and_prepare(item, DecodeOptions(), FetchOptions(), cap.preparer(), "caption")
+    assert got.request is None and got.prepare_error is not None
+    assert "note.txt" in str(got.prepare_error) and "mode 'text'" in str(got.prepare_error)

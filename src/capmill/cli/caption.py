@@ -68,7 +68,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--address", help="--runner ray: the cluster to join (default: a new local one)")
     o.add_argument("--actors", type=int, help="--runner ray: model actors (default: one per GPU, else CPUs - 1)")
     o.add_argument("--batch-size", "-b", type=int, default=8)
-    o.add_argument("--workers", type=int, default=None, help="decode processes (default: cores-1, at least 1)")
+    o.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decode processes; 0 decodes in turns with the model (default: 0 for a model on the CPU, else cores-1)",
+    )
     o.add_argument("--show-prompt", action="store_true", help="print the rendered prompt of the first input; no model")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     i = p.add_argument_group("inputs")
@@ -114,6 +119,22 @@ def captioner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "video_frames": args.video_frames,
         **({"constrained": True} if getattr(args, "constrained", False) else {}),
     }
+
+
+def default_workers(kwargs: dict[str, Any], devices: str | None) -> int:
+    """Decode processes when --workers is not given: none for a model on this machine's CPU (decoding takes turns
+    with it: beside it, it only slows the model down), else one per core but one."""
+    from capmill.engines import ENGINES
+
+    engine = ENGINES.get(kwargs.get("engine") or "transformers")
+    options = dict(kwargs.get("engine_options") or {})
+    if devices:
+        from capmill.run.devices import engine_options_for, resolve_devices
+
+        on_cpu = any(engine.uses_host_cpu(engine_options_for(options, d)) for d in resolve_devices(devices))
+    else:
+        on_cpu = engine.uses_host_cpu(options)
+    return 0 if on_cpu else max(1, (os.cpu_count() or 2) - 1)
 
 
 def make_captioner(kwargs: dict[str, Any]) -> Any:
@@ -184,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir, fmt, out_file, temporary = _outputs(args)
     kwargs = captioner_kwargs(args)
     probe_mode = args.mode or "caption"
-    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    workers = args.workers if args.workers is not None else default_workers(kwargs, getattr(args, "devices", None))
     from capmill.run.devices import captioner_factory
 
     if getattr(args, "devices", None) and args.runner != "local":

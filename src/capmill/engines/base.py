@@ -42,6 +42,14 @@ class Engine(ABC):
             options = {}
         self.options = options if isinstance(options, self.Options) else self.Options.model_validate(options)
 
+    @classmethod
+    def uses_host_cpu(cls, options: dict[str, Any]) -> bool:
+        """Whether, with these options, the model computes on this machine's CPU cores (not a GPU, not a server).
+
+        The pipeline then decodes images in turns with the model instead of beside it: a model on the CPU keeps
+        every core busy, and decoding beside it only slows it down (docs/benchmarks.md, throughput)."""
+        return False
+
     @abstractmethod
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """One Generation per Request, same order."""

@@ -62,6 +62,10 @@ class TransformersEngine(Engine):
     supports_constrained: ClassVar[bool] = True
     Options: ClassVar[type[EngineOptions]] = TransformersOptions
 
+    @classmethod
+    def uses_host_cpu(cls, options: dict[str, Any]) -> bool:
+        return _device(str(options.get("device") or "auto")).type == "cpu"
+
     def __init__(self, model: str, profile: Any, options: Any = None):
         super().__init__(model, profile, options)
         import torch

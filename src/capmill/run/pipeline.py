@@ -23,7 +23,7 @@ from capmill.errors import InputError
 from capmill.records import Generation, Item, Record, Request
 from capmill.run.emitter import RecordEmitter, unfinished
 from capmill.run.stats import Stats
-from capmill.run.workers import done_future, load_item, make_pool
+from capmill.run.workers import Loaded, done_future, load_and_prepare, make_pool
 
 _END = object()
 _ABORT = object()
@@ -42,12 +42,12 @@ class CaptionerLike(Protocol):
 class PipelineOptions:
     mode: str | None = None  # None: the captioner's own mode
     batch_size: int = 8
-    workers: int = 1  # fetch+decode processes; 0 decodes in a thread of this process
+    workers: int = 1  # fetch+decode processes; 0: decode here, in turns with the model (for a model on the CPU)
     prefetch: int | None = None  # decoded items held ahead of the model (default: 4 batches, at least 2x fetches)
     fetch_threads: int = 16  # concurrent URL downloads (0: in the decode workers, one at a time each)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     fetch: FetchOptions = field(default_factory=FetchOptions)
-    group_batches: int = 4  # requests of this many batches are sorted by size before batching
+    group_batches: int = 8  # requests of this many batches are sorted by size before batching
     recent_records: int = 256  # records kept for duplicates that arrive soon after their original
 
 
@@ -91,6 +91,10 @@ class Pipeline:
         self._pool: Executor
         self._pool_lock = threading.Lock()
         self._retry_pool: Executor | None = None
+        self._model_idle = threading.Event()  # workers=0: decoding waits for it, so it never competes with the model
+        self._model_idle.set()
+        preparer = getattr(captioner, "preparer", None)  # decode workers build Requests when the captioner says how
+        self._builder = preparer() if callable(preparer) else None
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _put(self, q: queue.Queue, value: Any, inputs: bool = False) -> None:
@@ -127,18 +131,22 @@ class Pipeline:
         return thread
 
     # -- stages ----------------------------------------------------------------------------------------
+    def _job(self, item: Item) -> tuple[Any, ...]:
+        """The decode job's arguments: with a captioner that can say how, the worker also builds the Request."""
+        opts = self.options
+        return item, opts.decode, opts.fetch, self._builder, opts.mode, self.out.wants_media
+
     def _submit(self, item: Item) -> Future:
         """Submit to the decode pool, replacing it if a worker died (killed for memory, or a decoder crash)."""
-        opts = self.options
         with self._pool_lock:
             try:
-                return self._pool.submit(load_item, item, opts.decode, opts.fetch)
+                return self._pool.submit(load_and_prepare, *self._job(item))
             except BrokenExecutor:
                 self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = make_pool(opts.workers)
-                return self._pool.submit(load_item, item, opts.decode, opts.fetch)
+                self._pool = make_pool(self.options.workers)
+                return self._pool.submit(load_and_prepare, *self._job(item))
 
-    def _result(self, future: Future, item: Item) -> tuple[Item, InputError | None, float]:
+    def _result(self, future: Future, item: Item) -> Loaded:
         """A decode job's result. If its worker died, the item is tried once more alone in a fresh process, so a
         file that kills its decoder becomes an error record and the items decoded beside it are not lost."""
         try:
@@ -149,11 +157,11 @@ class Pipeline:
         if self._retry_pool is None:
             self._retry_pool = make_pool(1)
         try:
-            return self._retry_pool.submit(load_item, item, self.options.decode, self.options.fetch).result()
+            return self._retry_pool.submit(load_and_prepare, *self._job(item)).result()
         except BrokenExecutor:
             self._retry_pool.shutdown(wait=False)
             self._retry_pool = None
-            return item, InputError(item.source, "decoder crashed", "its worker process died twice"), 0.0
+            return Loaded(item, InputError(item.source, "decoder crashed", "its worker process died twice"))
 
     def _feed(self) -> None:
         """Read the sources, skip what is done, submit fetch+decode jobs (blocking when the queue is full)."""
@@ -163,7 +171,7 @@ class Pipeline:
             if not needs_work:
                 future = done_future(item)
             elif "url" in item.meta and opts.fetch_threads > 0:
-                future = self._url_pool().submit(load_item, item, opts.decode, opts.fetch)
+                future = self._url_pool().submit(load_and_prepare, *self._job(item))
             else:
                 future = self._submit(item)
             self._put(self._loaded, (future, item), inputs=True)
@@ -184,8 +192,10 @@ class Pipeline:
             job = self._get(self._loaded, inputs=True)
             if job is _END:
                 break
-            item, error, seconds = self._result(*job)
-            self.stats.add_time("read", seconds)
+            self._take_turn()
+            loaded = self._result(*job)
+            item, error = loaded.item, loaded.error
+            self.stats.add_time("read", loaded.seconds)
             if error is not None:
                 self._put(self._records, ("error", item, error, False), inputs=True)
                 continue
@@ -195,24 +205,41 @@ class Pipeline:
                 self._put(self._records, ("copy", item, None), inputs=True)
                 continue
             self._sent.add(key)
-            start = time.perf_counter()
-            try:
-                request = self.captioner.prepare(item, self.options.mode)
-            except InputError as exc:  # its duplicates, if any, wait for this record
-                self._put(self._records, ("error", item, exc, True), inputs=True)
+            self._take_turn()
+            request, error, seconds = self._request(loaded)
+            self.stats.add_time("preprocess", seconds)
+            if error is not None:  # its duplicates, if any, wait for this record
+                self._put(self._records, ("error", item, error, True), inputs=True)
                 continue
-            finally:
-                self.stats.add_time("preprocess", time.perf_counter() - start)
             item.image = None  # the request holds what the model needs
             if not self.out.wants_media:
                 item.data = None
             batch.append((item, request))
-            # the first batch goes at once (the model should start early), later ones are grouped by size
-            window = self.options.batch_size * (self.options.group_batches if self._sent_batches else 1)
+            # the first batch goes at once (the model should start early; decoding in turns with it gains nothing
+            # from that), later ones are grouped by size
+            rush = not self._sent_batches and self.options.workers > 0
+            window = self.options.batch_size * (1 if rush else self.options.group_batches)
             if len(batch) >= window:
                 batch = self._flush(batch, final=False)
         self._flush(batch, final=True)
         self._put(self._batches, _END, inputs=True)
+
+    def _take_turn(self) -> None:
+        """With decoding in this process (workers=0), wait while the model generates."""
+        if self.options.workers <= 0:
+            while not self._model_idle.wait(0.1):
+                if self._stop.is_set() or self._halt_inputs.is_set():
+                    raise _Stopped
+
+    def _request(self, loaded: Loaded) -> tuple[Request | None, InputError | None, float]:
+        """The Request the worker built, or (text in hand, a captioner without a builder) one built here now."""
+        if loaded.request is not None or loaded.prepare_error is not None:
+            return loaded.request, loaded.prepare_error, loaded.prepare_seconds
+        start = time.perf_counter()
+        try:
+            return self.captioner.prepare(loaded.item, self.options.mode), None, time.perf_counter() - start
+        except InputError as exc:
+            return None, exc, time.perf_counter() - start
 
     def _flush(self, pending: list[tuple[Item, Request]], final: bool) -> list[tuple[Item, Request]]:
         """Send batches of similar-sized requests (less padding); keep the remainder unless this is the end."""
@@ -237,7 +264,11 @@ class Pipeline:
                 loaded = True
                 self._load_engine()
             start = time.perf_counter()
-            generations = self.captioner.generate([request for _, request in batch])
+            self._model_idle.clear()
+            try:
+                generations = self.captioner.generate([request for _, request in batch])
+            finally:
+                self._model_idle.set()
             self.stats.add_time("engine", time.perf_counter() - start)
             if len(generations) != len(batch):
                 raise RuntimeError(f"engine returned {len(generations)} generations for {len(batch)} requests")

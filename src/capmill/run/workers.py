@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 from capmill.data.fetch import FetchOptions, load
 from capmill.data.images import DecodeOptions, decode_with_format
 from capmill.errors import InputError
-from capmill.records import Item
+from capmill.records import Item, Request
+from capmill.request_builder import RequestBuilder
 
 
 def load_item(item: Item, decode: DecodeOptions, fetch: FetchOptions) -> tuple[Item, InputError | None, float]:
@@ -27,6 +31,47 @@ def load_item(item: Item, decode: DecodeOptions, fetch: FetchOptions) -> tuple[I
     return item, error, time.perf_counter() - start
 
 
+@dataclass
+class Loaded:
+    """A decode job's result: the item, or why it cannot be read; with a builder, its Request or why not."""
+
+    item: Item
+    error: InputError | None = None
+    seconds: float = 0.0
+    request: Request | None = None
+    prepare_error: InputError | None = None
+    prepare_seconds: float = 0.0
+
+
+def load_and_prepare(
+    item: Item,
+    decode: DecodeOptions,
+    fetch: FetchOptions,
+    builder: RequestBuilder | None = None,
+    mode: str | None = None,
+    keep_data: bool = True,
+) -> Loaded:
+    """`load_item`, then (with a builder) the card's resizing and prompt, so the model's side gets a Request.
+
+    The decoded image is dropped once the Request holds what the model needs (and the bytes too, unless a sink
+    writes them), so only that crosses back from a worker process."""
+    item, error, seconds = load_item(item, decode, fetch)
+    loaded = Loaded(item, error, seconds)
+    if error is not None or builder is None:
+        return loaded
+    start = time.perf_counter()
+    try:
+        loaded.request = builder.build(item, mode)
+    except InputError as exc:
+        loaded.prepare_error = exc
+    loaded.prepare_seconds = time.perf_counter() - start
+    if loaded.request is not None:
+        item.image = None
+        if not keep_data:
+            item.data = None
+    return loaded
+
+
 def item_error(item: Item) -> InputError | None:
     """The InputError of an item whose source could not read it ("reason: detail" in `item.error`)."""
     if item.error is None:
@@ -38,19 +83,46 @@ def item_error(item: Item) -> InputError | None:
 def done_future(item: Item) -> Future:
     """A finished job for an item that needs no fetching or decoding (text in hand, or already failed)."""
     future: Future = Future()
-    future.set_result((item, item_error(item), 0.0))
+    future.set_result(Loaded(item, item_error(item)))
     return future
 
 
 def make_pool(workers: int) -> Executor:
-    """`workers` spawned processes (spawn: safe beside a threaded torch); 0 means one thread in this process."""
+    """`workers` spawned processes (spawn: safe beside a threaded torch); 0: no pool, each job runs when its
+    result is asked for, in the asking thread (the pipeline's batcher, which takes turns with the model)."""
     if workers <= 0:
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="capmill-decode")
+        return InlineExecutor()
     import multiprocessing
 
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     )
+
+
+class InlineExecutor(Executor):
+    """Runs nothing at submit: the job runs in whichever thread first asks the future for its result."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return _LazyFuture(fn, args, kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+class _LazyFuture(Future):
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]):
+        super().__init__()
+        self._job: tuple | None = (fn, args, kwargs)
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._job is not None:
+            fn, args, kwargs = self._job
+            self._job = None
+            try:
+                self.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - raised to the caller below, as a pool's future would
+                self.set_exception(exc)
+        return super().result(timeout)
 
 
 def _init_worker() -> None:
