@@ -149,3 +149,15 @@ def test_default_workers_take_turns_with_a_model_on_the_cpu():
     assert default_workers({"engine": "transformers", "engine_options": {}}, "cpu,cpu") == 0
     remote = {"engine": "openai", "engine_options": {"base_url": "http://127.0.0.1:9/v1"}}
     assert default_workers(remote, None) == max(1, (os.cpu_count() or 2) - 1)
+
+
+def test_exact_needs_an_engine_that_has_it(tmp_path, capsys):
+    from capmill.cli.caption import exact_options
+    from capmill.cli.main import main
+
+    assert exact_options("transformers", True) == {"batch_invariant": True}
+    assert exact_options("openai", False) == {}
+    (tmp_path / "a.txt").write_text("x")
+    code = main(["caption", str(tmp_path), "--model", "m", "--profile", "generic", "--engine", "openai", "--exact"])
+    assert code == 2
+    assert "--exact is not an option of engine 'openai'" in capsys.readouterr().err

@@ -38,6 +38,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scaffold", help="JSON captioner: file with the system prompt row (task_1.jsonl)")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    g.add_argument("--exact", action="store_true", help=EXACT_HELP)
     g.add_argument(
         "--devices",
         help="one engine per device: auto (every GPU), all, 0,1, cuda:0,cuda:2, or cpu,cpu; see docs/scale-out.md",
@@ -105,6 +106,7 @@ def _decoding(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def captioner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     engine_options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    engine_options.update(exact_options(args.engine, args.exact))
     return {
         "model": args.model,
         "profile": args.profile,
@@ -119,6 +121,23 @@ def captioner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "video_frames": args.video_frames,
         **({"constrained": True} if getattr(args, "constrained", False) else {}),
     }
+
+
+EXACT_HELP = (
+    "batch-invariant decoding: every decode step's matrix products computed row by row, so a batched greedy "
+    "caption is the card's one-image loop's to the bit (slower decoding; transformers engine)"
+)
+
+
+def exact_options(engine: str, exact: bool) -> dict[str, Any]:
+    """The engine option behind --exact; ConfigError for an engine without it."""
+    if not exact:
+        return {}
+    from capmill.engines import ENGINES
+
+    if "batch_invariant" not in ENGINES.get(engine or "transformers").Options.model_fields:
+        raise ConfigError(f"--exact is not an option of engine {engine!r}; use --engine transformers")
+    return {"batch_invariant": True}
 
 
 def default_workers(kwargs: dict[str, Any], devices: str | None) -> int:

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from capmill.cli.caption import EXACT_HELP, exact_options
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="hub id or local folder of the checkpoint (optional with --browse)")
@@ -34,6 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--browse", type=Path, metavar="RUN_DIR", help="show this run folder's results in the gallery")
     parser.add_argument("--device", help="device for the model (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", help="model dtype (default: the profile's)")
+    parser.add_argument("--exact", action="store_true", help=EXACT_HELP)
     parser.add_argument("--scaffold", help="JSON captioner scaffold file (system prompt + tools)")
     parser.add_argument("--max-new-tokens", type=int, help="new tokens per caption (default: the profile's)")
     parser.add_argument("--log-level", default="info")
@@ -47,6 +50,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
         raise ConfigError("capmill serve needs --model M (to caption) or --browse RUN_DIR (to look at a run)")
     options: dict = {"scaffold": args.scaffold} if args.scaffold else {}
     engine_options = {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None)}
+    engine_options.update(exact_options(args.engine, getattr(args, "exact", False)))
     if engine_options:
         options["engine_options"] = engine_options
     if args.max_new_tokens:

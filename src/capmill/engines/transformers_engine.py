@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from capmill.engines.base import Engine, EngineOptions
+from capmill.engines.batch_invariant import make_batch_invariant
 from capmill.engines.prefix_cache import (
     MIN_PREFIX,
     PrefixStore,
@@ -48,6 +49,7 @@ class TransformersOptions(EngineOptions):
     split_by_length: bool = True  # with prefix_cache: batches of one token length only, so each reuses the prefix
     trust_remote_code: bool = False
     threads: int | None = None  # torch.set_num_threads, for shared CPUs
+    batch_invariant: bool = True  # decode steps row by row in each Linear: batched outputs equal the card's loop
 
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16"}
@@ -83,6 +85,8 @@ class TransformersEngine(Engine):
         self.tokenizer = self.family.tokenizer(self.processor)
         self.attn_implementation = opts.attn_implementation or _best_attention(self.device, self.dtype)
         self.model = self._load_model(model)
+        if opts.batch_invariant:
+            make_batch_invariant(self.model)
         self.prefixes = PrefixStore()
         self._encoder_decoder = (
             bool(getattr(self.model.config, "is_encoder_decoder", False)) or self.family.encoder_decoder
