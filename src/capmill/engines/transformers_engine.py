@@ -49,7 +49,7 @@ class TransformersOptions(EngineOptions):
     split_by_length: bool = True  # with prefix_cache: batches of one token length only, so each reuses the prefix
     trust_remote_code: bool = False
     threads: int | None = None  # torch.set_num_threads, for shared CPUs
-    batch_invariant: bool = True  # decode steps row by row in each Linear: batched outputs equal the card's loop
+    batch_invariant: bool = False  # --exact: decode steps row by row in each Linear, bit-equal to the one-row loop
 
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16"}
