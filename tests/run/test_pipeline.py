@@ -37,7 +37,7 @@ def _reset():
     ScriptedEngine.reset()
 
 
-def job(inputs, run_dir, model, workers=0, shard_size=4, batch_size=3, mode=None, **captioner_kwargs):
+def job(inputs, run_dir, model, workers=0, shard_size=4, batch_size=3, mode=None, group_batches=8, **captioner_kwargs):
     return CaptionJob(
         inputs=[str(i) for i in inputs],
         make_captioner=lambda: captioner(model, mode=mode, **captioner_kwargs),
@@ -46,6 +46,7 @@ def job(inputs, run_dir, model, workers=0, shard_size=4, batch_size=3, mode=None
         source=SourceOptions(mode=mode or "caption"),
         pipeline=PipelineOptions(
             batch_size=batch_size,
+            group_batches=group_batches,
             workers=workers,
             decode=DecodeOptions(max_pixels=10_000_000),
             fetch=FetchOptions(timeout=0.5, retries=0),
@@ -156,12 +157,12 @@ def test_engine_crash_keeps_what_was_finished(tmp_path):
         (folder / f"{i:02d}.jpg").write_bytes(jpeg((i * 20, 5, 5)))
     model = model_dir(tmp_path / "m")
     ScriptedEngine.fail_batches.add(2)
-    with pytest.raises(EngineError):
-        LocalRunner(job([folder], tmp_path / "run", model, batch_size=2, shard_size=3)).run()
+    with pytest.raises(EngineError):  # one batch per engine call here (group_batches=1)
+        LocalRunner(job([folder], tmp_path / "run", model, batch_size=2, shard_size=3, group_batches=1)).run()
     kept = by_id(tmp_path / "run")
     assert len(kept) == 4  # two batches finished before the engine died: written, none lost
     ScriptedEngine.reset()
-    LocalRunner(job([folder], tmp_path / "run", model, batch_size=2, shard_size=3)).run()
+    LocalRunner(job([folder], tmp_path / "run", model, batch_size=2, shard_size=3, group_batches=1)).run()
     assert len(by_id(tmp_path / "run")) == 10 and len(ScriptedEngine.calls) == 6
 
 
@@ -356,7 +357,8 @@ def test_decoding_in_turns_never_overlaps_the_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline_module, "load_and_prepare", timed("decode", pipeline_module.load_and_prepare))
     monkeypatch.setattr(ScriptedEngine, "generate", timed("model", ScriptedEngine.generate))
-    LocalRunner(job([folder], tmp_path / "run", model_dir(tmp_path / "m"), workers=0, batch_size=2)).run()
+    model = model_dir(tmp_path / "m")
+    LocalRunner(job([folder], tmp_path / "run", model, workers=0, batch_size=2, group_batches=1)).run()
     records = by_id(tmp_path / "run")
     assert len(records) == 48 and all(r.status == "ok" for r in records.values())
     assert len(spans["decode"]) == 48 and len(spans["model"]) == 24

@@ -47,7 +47,7 @@ class PipelineOptions:
     fetch_threads: int = 16  # concurrent URL downloads (0: in the decode workers, one at a time each)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     fetch: FetchOptions = field(default_factory=FetchOptions)
-    group_batches: int = 8  # requests of this many batches are sorted by size before batching
+    group_batches: int = 8  # requests of this many batches go to the engine together (it groups them by length)
     recent_records: int = 256  # records kept for duplicates that arrive soon after their original
 
 
@@ -74,7 +74,7 @@ class Pipeline:
         self.on_progress = on_progress or (lambda stats: None)
         prefetch = self.options.prefetch or max(8, 4 * self.options.batch_size, 2 * self.options.fetch_threads)
         self._loaded: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._batches: queue.Queue = queue.Queue(maxsize=2)
+        self._batches: queue.Queue = queue.Queue(maxsize=1)  # one window ready while the engine runs another
         self._records: queue.Queue = queue.Queue(maxsize=4 * self.options.batch_size + 16)
         self._stop = threading.Event()  # everything stops
         self._halt_inputs = threading.Event()  # reading and batching stop; the writer finishes what is generated
@@ -242,14 +242,13 @@ class Pipeline:
             return None, exc, time.perf_counter() - start
 
     def _flush(self, pending: list[tuple[Item, Request]], final: bool) -> list[tuple[Item, Request]]:
-        """Send batches of similar-sized requests (less padding); keep the remainder unless this is the end."""
-        pending.sort(key=lambda pair: _request_size(pair[1]))
-        size = self.options.batch_size
-        while len(pending) >= size or (final and pending):
-            self._put(self._batches, pending[:size], inputs=True)
+        """Hand the engine the whole window, sorted by size: the engine cuts it into batches of similar token length
+        itself (as `Captioner.caption` does), so a run batches exactly as the Python API does."""
+        if pending:
+            pending.sort(key=lambda pair: _request_size(pair[1]))
+            self._put(self._batches, pending, inputs=True)
             self._sent_batches += 1
-            pending = pending[size:]
-        return pending
+        return []
 
     def _generate(self) -> None:
         """The calling thread: keep the engine busy."""
