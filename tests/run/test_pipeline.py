@@ -63,6 +63,14 @@ def by_id(run_dir):
     return out
 
 
+def small_jpegs(folder, n):
+    """A folder of n distinct 9x9 JPEGs."""
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"{i:02d}.jpg").write_bytes(jpeg((i * 4, 9, 9)))
+    return folder
+
+
 def _tar(path, members):
     with tarfile.open(path, "w") as tar:
         for name, data in members:
@@ -299,10 +307,7 @@ def test_a_dead_decode_worker_loses_nothing(tmp_path, monkeypatch):
 
     import psutil
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(60):
-        (folder / f"{i:02d}.jpg").write_bytes(jpeg((i * 4, 9, 9)))
+    folder = small_jpegs(tmp_path / "in", 60)
     monkeypatch.setenv("CAPMILL_SCRIPTED_DELAY", "0.02")
     killed = []
 
@@ -334,10 +339,7 @@ def test_decoding_in_turns_never_overlaps_the_model(tmp_path, monkeypatch):
 
     import capmill.run.pipeline as pipeline_module
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(48):
-        (folder / f"{i:02d}.jpg").write_bytes(jpeg((i * 5, 9, 9)))
+    folder = small_jpegs(tmp_path / "in", 48)
     monkeypatch.setenv("CAPMILL_SCRIPTED_DELAY", "0.01")
     spans: dict[str, list[tuple[float, float]]] = {"decode": [], "model": []}
     lock = threading.Lock()
