@@ -215,13 +215,14 @@ class Pipeline:
             if not self.out.wants_media:
                 item.data = None
             batch.append((item, request))
-            # the first batch goes at once (the model should start early; decoding in turns with it gains nothing
-            # from that), later ones are grouped by size
+            # with worker processes the first batch goes at once (the model should start early; decoding in turns
+            # with it gains nothing from that); then windows of group_batches batches
             rush = not self._sent_batches and self.options.workers > 0
             window = self.options.batch_size * (1 if rush else self.options.group_batches)
             if len(batch) >= window:
-                batch = self._flush(batch, final=False)
-        self._flush(batch, final=True)
+                self._flush(batch)
+                batch = []
+        self._flush(batch)
         self._put(self._batches, _END, inputs=True)
 
     def _take_turn(self) -> None:
@@ -241,14 +242,13 @@ class Pipeline:
         except InputError as exc:
             return None, exc, time.perf_counter() - start
 
-    def _flush(self, pending: list[tuple[Item, Request]], final: bool) -> list[tuple[Item, Request]]:
+    def _flush(self, pending: list[tuple[Item, Request]]) -> None:
         """Hand the engine the whole window, sorted by size: the engine cuts it into batches of similar token length
         itself (as `Captioner.caption` does), so a run batches exactly as the Python API does."""
         if pending:
             pending.sort(key=lambda pair: _request_size(pair[1]))
             self._put(self._batches, pending, inputs=True)
             self._sent_batches += 1
-        return []
 
     def _generate(self) -> None:
         """The calling thread: keep the engine busy."""
