@@ -72,8 +72,8 @@ def prefix_part(folder: Path, n_texts: int, repeats: int) -> None:
     import json
 
     from capmill.engines.vllm_engine import VLLMEngine
+    from capmill.models.catalog import get_profile
     from capmill.models.families import get_family
-    from capmill.models.profiles import get_profile
     from capmill.models.scaffold import load_scaffold
     from capmill.records import Decoding
     from capmill.testing import build_tiny_model

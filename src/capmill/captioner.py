@@ -14,9 +14,9 @@ from typing import Any
 from capmill.errors import ConfigError, InputError, ModelLoadError
 from capmill.models.families import get_family
 from capmill.models.profile import Profile
+from capmill.models.request_builder import RequestBuilder
 from capmill.models.resolve import read_model_config, resolve_family, resolve_profile
 from capmill.records import Decoding, Generation, Item, Record, Request, sha256_hex, stable_hash
-from capmill.request_builder import RequestBuilder
 
 TEXT_SUFFIXES = frozenset({".txt", ".caption", ".md"})
 

@@ -92,7 +92,7 @@ def test_formats(scripted, tmp_path, fmt):
     folder, common = scripted
     run_dir = tmp_path / "run"
     assert main(["caption", str(folder), *common, "--run-dir", str(run_dir), "--format", fmt, "--shard-size", "2"]) == 0
-    from capmill.data.runfolder import read_records
+    from capmill.run.runfolder import read_records
 
     assert sorted(Path(r.id).name for r in read_records(str(run_dir))) == [f"{i}.jpg" for i in range(5)]
     ext = {"parquet": ".parquet", "webdataset": ".tar", "sidecar": ".jsonl", "hf": ".parquet"}[fmt]
@@ -118,7 +118,7 @@ def test_parquet_out_and_config_errors(scripted, tmp_path, capsys):
 def test_json_captioner_structured_to_parquet_on_the_real_tiny_qwen3_5(tmp_path, photos, tiny_model):
     """Issue 5 (c)'s path: a folder to Parquet under the scaffolded JSON captioner; same records as the API."""
     from capmill.captioner import Captioner
-    from capmill.data.runfolder import read_records
+    from capmill.run.runfolder import read_records
 
     model = str(tiny_model("qwen3_5"))
     scaffold = str(Path(__file__).parents[1] / "models" / "data" / "scaffold_standin.jsonl")

@@ -335,7 +335,7 @@ def test_constrained_needs_a_structured_profile(tiny_model):
 def test_cli_constrained_run_gives_only_valid_records(tiny_model, coco_photos, tmp_path):
     from capmill.captioner import Captioner
     from capmill.cli.main import main
-    from capmill.data.runfolder import read_records
+    from capmill.run.runfolder import read_records
 
     model = str(tiny_model("qwen3_5"))
     out = tmp_path / "captions.jsonl"

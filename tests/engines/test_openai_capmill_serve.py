@@ -14,7 +14,7 @@ import pytest
 from capmill.captioner import Captioner
 from capmill.engines.openai_engine import OpenAIEngine
 from capmill.errors import ConfigError
-from capmill.models.profiles import get_profile
+from capmill.models.catalog import get_profile
 
 PROFILE = "inkscope-2b"
 N = 12

@@ -19,8 +19,8 @@ from PIL import Image
 from capmill.engines import ENGINES
 from capmill.engines.openai_engine import OpenAIEngine
 from capmill.errors import ConfigError, EngineError
+from capmill.models.catalog import get_profile
 from capmill.models.families import get_family
-from capmill.models.profiles import get_profile
 from capmill.records import Decoding, Request
 
 

@@ -20,7 +20,7 @@ from vllm_support import VLLM_OPTIONS  # noqa: F401  (sets the vLLM environment 
 from capmill.captioner import Captioner
 from capmill.engines.openai_engine import OpenAIEngine
 from capmill.engines.transformers_engine import TransformersEngine
-from capmill.models.profiles import get_profile
+from capmill.models.catalog import get_profile
 
 pytestmark = pytest.mark.vllm
 N = 16

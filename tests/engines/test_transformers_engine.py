@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from capmill.errors import ConfigError
+from capmill.models.catalog import get_profile
 from capmill.models.families import get_family
-from capmill.models.profiles import get_profile
 from capmill.records import Decoding
 
 

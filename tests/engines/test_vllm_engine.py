@@ -15,8 +15,8 @@ from vllm_support import QWEN3_5_OPTIONS, QWEN3_5_SIZES, SCAFFOLD, VLLM_OPTIONS,
 from capmill.captioner import Captioner
 from capmill.engines import ENGINES
 from capmill.errors import MissingDependencyError, UnsupportedError
+from capmill.models.catalog import get_profile
 from capmill.models.families import get_family
-from capmill.models.profiles import get_profile
 from capmill.records import Decoding
 
 N = 16  # new tokens per caption: tiny random models never stop on their own

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from capmill.eval.qa_utility import evaluate_qa, load_qa
-from capmill.models.profiles import get_profile
+from capmill.models.catalog import get_profile
 from capmill.records import Decoding
 
 from .conftest import QA_FILE

@@ -22,7 +22,7 @@ from capmill.eval.qa_utility import (
     score_open,
     shuffled_order,
 )
-from capmill.models.profiles import get_profile
+from capmill.models.catalog import get_profile
 from capmill.records import Generation
 
 from .conftest import QA_FILE

@@ -69,7 +69,7 @@ def test_jsonl_results_plain_rows_and_unreadable_lines(tmp_path):
 
 
 def test_results_from_a_capmill_run_folder(tmp_path):
-    from capmill.data.runfolder import RunFolder
+    from capmill.run.runfolder import RunFolder
 
     records = [make_record(397133, "a man in a kitchen"), make_record(349860, None, status="error", error="x: y")]
     folder = RunFolder(str(tmp_path / "run1"), {"profile": "generic"}, fmt="parquet", shard_size=1)

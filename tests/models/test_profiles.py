@@ -7,7 +7,7 @@ import json
 import pytest
 
 from capmill.errors import ConfigError, ModelLoadError, ScaffoldError, UnknownNameError
-from capmill.models.profiles import PROFILES, get_profile
+from capmill.models.catalog import PROFILES, get_profile
 from capmill.models.resolve import family_of_config, profile_by_checkpoint_name, resolve_family, resolve_profile
 from capmill.models.scaffold import load_scaffold, scaffold_from_row
 

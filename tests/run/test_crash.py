@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from make_inputs import jpeg  # noqa: E402
 from run_scripted import cli_command, model_dir  # noqa: E402
 
-from capmill.data.runfolder import read_records  # noqa: E402
+from capmill.run.runfolder import read_records  # noqa: E402
 
 KILLS = 10
 

@@ -61,7 +61,7 @@ def test_engine_options_and_conflicts():
 def test_two_cpu_engines_give_the_records_of_one(tiny_model, coco_photos, tmp_path):
     """`--devices cpu,cpu`: two engines, each with its share of every batch; records equal one engine's."""
     from capmill.cli.main import main
-    from capmill.data.runfolder import read_records
+    from capmill.run.runfolder import read_records
 
     model = str(tiny_model("qwen3_5"))
     common = [*map(str, coco_photos[:5]), "--model", model, "--profile", "generic", "--prompt", "Describe."]

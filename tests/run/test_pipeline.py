@@ -21,11 +21,11 @@ from run_scripted import SCAFFOLD, ScriptedEngine, captioner, model_dir  # noqa:
 
 from capmill.data.fetch import FetchOptions  # noqa: E402
 from capmill.data.images import DecodeOptions  # noqa: E402
-from capmill.data.runfolder import read_records  # noqa: E402
 from capmill.data.sources import SourceOptions  # noqa: E402
 from capmill.errors import EngineError, RunConflictError  # noqa: E402
 from capmill.run.local import CaptionJob, LocalRunner  # noqa: E402
 from capmill.run.pipeline import PipelineOptions  # noqa: E402
+from capmill.run.runfolder import read_records  # noqa: E402
 
 PHOTOS = sorted(COCO.glob("*.jpg"))[:3]
 
@@ -267,7 +267,7 @@ def test_video_and_images_in_one_folder(tmp_path):
 
 
 def test_downscaling_is_part_of_the_configuration(tmp_path):
-    from capmill.models.profiles import get_profile
+    from capmill.models.catalog import get_profile
 
     (tmp_path / "in").mkdir()
     shutil.copy(PHOTOS[0], tmp_path / "in" / "p.jpg")  # 640 wide

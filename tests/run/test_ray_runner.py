@@ -55,7 +55,7 @@ def _inputs(tmp_path, coco_photos):
 
 
 def _records(run_dir: str) -> list[dict]:
-    from capmill.data.runfolder import read_records
+    from capmill.run.runfolder import read_records
 
     rows = []
     for record in read_records(run_dir):
@@ -71,7 +71,7 @@ def _records(run_dir: str) -> list[dict]:
 def test_ray_runner_matches_local_resumes_and_writes_parquet(ray_cluster, tiny_model, coco_photos, tmp_path):
     """Folder A is done by a first session; a Ray session over A and B resumes it; records equal a local run's."""
     from capmill.cli.main import main
-    from capmill.data.ledger import Ledger
+    from capmill.run.ledger import Ledger
 
     a, b = _inputs(tmp_path, coco_photos)
     common = ["--model", str(tiny_model("qwen3_5")), "--profile", "generic", "--prompt", "Describe."]

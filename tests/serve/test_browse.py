@@ -15,7 +15,7 @@ def http(browse_server):  # noqa: ANN001
 
 
 def test_lists_the_runs_records(http, run_dir):  # noqa: ANN001
-    from capmill.data.runfolder import read_records
+    from capmill.run.runfolder import read_records
 
     expected = {r.id: r for r in read_records(str(run_dir))}
     data = http.get("/browse/records").json()
@@ -53,7 +53,7 @@ def test_thumbnails(http):  # noqa: ANN001
 
 
 def test_edit_keeps_the_model_output_and_export_applies_it(http, run_dir):  # noqa: ANN001
-    from capmill.data.runfolder import read_records
+    from capmill.run.runfolder import read_records
 
     before = {r.id: r.to_dict() for r in read_records(str(run_dir))}
     target = next(i for i, r in before.items() if r["status"] == "ok")

@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = runner_cls(job).run()
         if temporary:
-            from capmill.data.runfolder import read_records
+            from capmill.run.runfolder import read_records
 
             for record in read_records(run_dir):
                 sys.stdout.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")

@@ -55,7 +55,7 @@ def _value(text: str) -> Any:
 def build_answerer(args: argparse.Namespace) -> Any:
     """The answerer engine, through the engine registry (never by branching on its name)."""
     from capmill.engines import ENGINES
-    from capmill.models.profiles import get_profile
+    from capmill.models.catalog import get_profile
 
     options: dict[str, Any] = {}
     for item in args.answerer_option or []:

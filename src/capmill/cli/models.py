@@ -20,7 +20,7 @@ def _decoding_summary(profile) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from capmill.models.profiles import all_profiles, get_profile
+    from capmill.models.catalog import all_profiles, get_profile
 
     if args.model:
         from capmill.errors import ModelLoadError

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from capmill.engines.base import Engine, EngineOptions
 from capmill.engines.batch_invariant import make_batch_invariant
+from capmill.engines.isolate import failed, run_isolating
 from capmill.engines.prefix_cache import (
     MIN_PREFIX,
     PrefixStore,
@@ -137,25 +138,11 @@ class TransformersEngine(Engine):
             try:
                 encoded[i] = (self.family.encode(self.processor, [request]), time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001 - becomes the item's error
-                results[i] = _failed(exc)
+                results[i] = failed(exc)
         for indices in self._batches(requests, encoded):
-            batch = [requests[i] for i in indices]
-            singles = [encoded[i] for i in indices]
-            try:
-                generations = self._generate_batch(batch, singles)
-            except Exception as exc:
-                if len(batch) == 1:
-                    generations = [_failed(exc)]
-                else:  # isolate the bad input: one by one, so one failure costs one record
-                    log.warning(
-                        "a batch of %d failed (%s: %s); retrying one by one", len(batch), type(exc).__name__, exc
-                    )
-                    generations = []
-                    for request, single in zip(batch, singles, strict=True):
-                        try:
-                            generations.extend(self._generate_batch([request], [single]))
-                        except Exception as single_exc:  # noqa: BLE001 - becomes the item's error
-                            generations.append(_failed(single_exc))
+            generations = run_isolating(
+                lambda part: self._generate_batch([requests[i] for i in part], [encoded[i] for i in part]), indices
+            )
             for i, generation in zip(indices, generations, strict=True):
                 results[i] = generation
         return [g for g in results if g is not None]
@@ -401,10 +388,6 @@ class _FirstTokenClock:
     def put_first(self) -> None:
         """row_merge: the rows' prompt passes are done (their first tokens exist)."""
         self.first, self.calls = time.perf_counter(), 2
-
-
-def _failed(exc: Exception) -> Generation:
-    return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
 
 
 def _freeze(value: Any) -> str:

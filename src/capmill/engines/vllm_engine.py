@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from capmill.engines.base import Engine, EngineOptions
+from capmill.engines.isolate import failed, run_isolating
 from capmill.engines.openai_messages import media_parts, to_openai_messages
 from capmill.errors import MissingDependencyError, ModelLoadError, UnsupportedError
 from capmill.models.families import get_family
@@ -122,20 +123,14 @@ class VLLMEngine(Engine):
             try:
                 prepared.append((self._prompt(request), self.sampling_params(request)))
             except Exception as exc:  # noqa: BLE001 - a bad input becomes its own error record
-                prepared.append(_failed(exc))
+                prepared.append(failed(exc))
         ready = [i for i, p in enumerate(prepared) if not isinstance(p, Generation)]
         results: dict[int, Generation] = {i: p for i, p in enumerate(prepared) if isinstance(p, Generation)}
-        if ready:
-            try:
-                results.update(
-                    zip(ready, self._run([requests[i] for i in ready], [prepared[i] for i in ready]), strict=True)
-                )
-            except Exception:  # noqa: BLE001 - vLLM validates a whole call at once: isolate the bad input
-                for i in ready:
-                    try:
-                        results[i] = self._run([requests[i]], [prepared[i]])[0]
-                    except Exception as exc:  # noqa: BLE001
-                        results[i] = _failed(exc)
+        if ready:  # vLLM validates a whole call at once: a bad input is isolated
+            generations = run_isolating(
+                lambda part: self._run([requests[i] for i in part], [prepared[i] for i in part]), ready
+            )
+            results.update(zip(ready, generations, strict=True))
         return [results[i] for i in range(len(requests))]
 
     def _prompt(self, request: Request) -> Any:
@@ -282,7 +277,3 @@ def _generation_config(model: str) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def _failed(exc: Exception) -> Generation:
-    return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")

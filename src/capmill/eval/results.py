@@ -83,7 +83,7 @@ def read_jsonl_records(path: Path, problems: list[str]) -> list[Record]:
 def _read_run_folder(path: Path, problems: list[str]) -> list[Record]:
     # The data package owns the run-folder layout; use its reader when present, else read every JSONL shard.
     try:
-        runfolder = importlib.import_module("capmill.data.runfolder")
+        runfolder = importlib.import_module("capmill.run.runfolder")
     except ModuleNotFoundError:
         runfolder = None
     if runfolder is not None and hasattr(runfolder, "read_records") and (path / "records").is_dir():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
+from capmill.models.catalog import PROFILES, all_profiles, get_profile
 from capmill.models.profile import MODES, Profile
-from capmill.models.profiles import PROFILES, all_profiles, get_profile
 
 __all__ = ["MODES", "PROFILES", "Profile", "all_profiles", "get_profile"]

@@ -1,7 +1,7 @@
 """What a model profile is: how a family loads, how the prompt is built, decoding defaults, how output is parsed.
 
 Profiles are data (this module); behaviour per architecture lives in `capmill.models.families`; the named
-profiles of the seed cards live in `capmill.models.profiles`.
+profiles of the seed cards live in `capmill.models.catalog`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from capmill.errors import ConfigError, ModelLoadError
+from capmill.models.catalog import GENERIC, all_profiles, get_profile
 from capmill.models.profile import Profile
-from capmill.models.profiles import GENERIC, all_profiles, get_profile
 
 # config.json model_type -> capmill family
 MODEL_TYPE_FAMILY = {

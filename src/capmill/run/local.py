@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from capmill.data.runfolder import RunFolder
 from capmill.data.sources import SourceOptions, open_sources
 from capmill.run.pipeline import CaptionerLike, Pipeline, PipelineOptions
 from capmill.run.progress import Progress
+from capmill.run.runfolder import RunFolder
 from capmill.run.stats import Stats
 from capmill.run.summary import build_summary, write_summary
 

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 from capmill.data.fetch import FetchOptions
 from capmill.data.images import DecodeOptions
-from capmill.data.runfolder import RunFolder
 from capmill.errors import InputError
 from capmill.records import Generation, Item, Record, Request
 from capmill.run.emitter import RecordEmitter, unfinished
+from capmill.run.runfolder import RunFolder
 from capmill.run.stats import Stats
 from capmill.run.workers import Loaded, done_future, load_and_prepare, make_pool
 

@@ -49,9 +49,9 @@ class RayRunner:
         self.options = RayOptions.model_validate(getattr(job, "runner_options", None) or {})
 
     def run(self) -> dict[str, Any]:
-        from capmill.data.runfolder import RunFolder
         from capmill.data.sources import open_sources
         from capmill.run.progress import Progress
+        from capmill.run.runfolder import RunFolder
         from capmill.run.summary import build_summary, write_summary
 
         job = self.job

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from capmill.data.runfolder import RunFolder, write_json_atomic
+from capmill.run.runfolder import RunFolder, write_json_atomic
 from capmill.run.stats import Stats
 
 

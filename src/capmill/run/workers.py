@@ -11,8 +11,8 @@ from typing import Any
 from capmill.data.fetch import FetchOptions, load
 from capmill.data.images import DecodeOptions, decode_with_format
 from capmill.errors import InputError
+from capmill.models.request_builder import RequestBuilder
 from capmill.records import Item, Request
-from capmill.request_builder import RequestBuilder
 
 
 def load_item(item: Item, decode: DecodeOptions, fetch: FetchOptions) -> tuple[Item, InputError | None, float]:

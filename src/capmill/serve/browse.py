@@ -27,7 +27,7 @@ _RELOAD_AFTER_S = 2.0
 
 
 class BrowseService:
-    """Reads a run folder through `capmill.data.runfolder.read_records`, re-reading it as the run grows."""
+    """Reads a run folder through `capmill.run.runfolder.read_records`, re-reading it as the run grows."""
 
     def __init__(self, run_dir: Path):
         run_dir = Path(run_dir)
@@ -46,7 +46,7 @@ class BrowseService:
     def load(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._loaded_at < _RELOAD_AFTER_S:
             return
-        from capmill.data.runfolder import read_records
+        from capmill.run.runfolder import read_records
 
         rows = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in read_records(self.run_dir)]
         edits = self._read_edits()

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from capmill.engines.isolate import run_isolating
 from capmill.errors import CapmillError, InputError, UnknownNameError
 from capmill.records import Generation, Item, Record, Request, sha256_hex
 from capmill.serve import limits
@@ -82,18 +83,7 @@ class CaptionService:
     def _run_batch(self, requests: list[Request]) -> list[Generation]:
         """Runs on the engine thread. A batch that fails as a whole is retried one by one, so one bad request
         cannot fail the other clients' requests that happened to share its batch."""
-        try:
-            return self.captioner.generate(requests)
-        except Exception:
-            if len(requests) == 1:
-                raise
-        out = []
-        for request in requests:
-            try:
-                out.extend(self.captioner.generate([request]))
-            except Exception as exc:  # this request alone fails: its client gets the error
-                out.append(Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
-        return out
+        return run_isolating(self.captioner.generate, requests, raise_alone=True)
 
     # ---------------------------------------------------------------- shared steps
 

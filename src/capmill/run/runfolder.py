@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capmill import __version__
-from capmill.data.ledger import Entry, Ledger
 from capmill.data.sinks import SINKS, Sink
 from capmill.errors import ConfigError, RunConflictError
 from capmill.records import Record, stable_hash
+from capmill.run.ledger import Entry, Ledger
 
 # --format -> (shard sink, shard extension, per-shard export, final export)
 FORMATS: dict[str, tuple[str, str, str | None, str | None]] = {

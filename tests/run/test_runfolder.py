@@ -6,10 +6,10 @@ import json
 import os
 
 import pytest
-from test_sinks import records
 
-from capmill.data.runfolder import RunFolder, read_records
 from capmill.errors import RunConflictError
+from capmill.run.runfolder import RunFolder, read_records
+from record_samples import records
 
 CONFIG = {"profile": "p", "model": "m", "engine": "e", "prompt_hash": "h", "decoding": {"max_new_tokens": 8}}
 

@@ -1,0 +1,45 @@
+"""One bad input costs one record: a batch that fails as a whole is run again one item at a time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from capmill.records import Generation
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def failed(exc: BaseException) -> Generation:
+    """The Generation of an item whose own generation raised."""
+    return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
+
+
+def run_isolating(
+    run: Callable[[list[T]], list[Generation]], items: Sequence[T], *, raise_alone: bool = False
+) -> list[Generation]:
+    """`run(items)`, or, when that raises for a batch of several, `run([item])` for each item alone.
+
+    An item that fails alone gets its error as a Generation, except that a batch of one item re-raises when
+    `raise_alone` (the server, whose caller turns a typed error into its HTTP status). Used by every engine and
+    by the server's engine thread.
+    """
+    items = list(items)
+    try:
+        return run(items)
+    except Exception as exc:  # noqa: BLE001 - becomes the items' errors or is isolated below
+        if len(items) == 1:
+            if raise_alone:
+                raise
+            return [failed(exc)]
+        log.warning("a batch of %d failed (%s: %s); retrying one by one", len(items), type(exc).__name__, exc)
+    out: list[Generation] = []
+    for item in items:
+        try:
+            out.extend(run([item]))
+        except Exception as exc:  # noqa: BLE001 - this item alone fails: its error is its record
+            out.append(failed(exc))
+    return out
