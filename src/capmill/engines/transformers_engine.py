@@ -8,7 +8,6 @@ transformers' vectorised StopStringCriteria (no per-token Python), and timings a
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -24,37 +23,12 @@ from capmill.engines.prefix_cache import (
     shared_prefix_length,
 )
 from capmill.engines.row_merge import generate_merged, reset_rope_state
-from capmill.errors import ConfigError, ModelLoadError
+from capmill.engines.transformers_loading import TransformersOptions, load_model, resolve_device, resolve_dtype
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
 from capmill.records import Decoding, Generation, Request
 
 log = logging.getLogger(__name__)
-
-# transformers' from_pretrained swaps PreTrainedModel.tie_weights for a no-op on the class while it builds the model
-# (initialization.no_tie_weights) and puts back what it found. Two loads in parallel threads (one engine per device,
-# a server loading in a worker thread) can leave the no-op in place for the rest of the process, after which no
-# model ties its weights: tied parameters (BLIP-2's T5 lm_head and embeddings) stay on the meta device. So loads
-# in this process take turns.
-_LOAD_LOCK = threading.Lock()
-
-
-class TransformersOptions(EngineOptions):
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
-    attn_implementation: str | None = None  # None: flash_attention_2 where installed and usable, else sdpa
-    max_batch_size: int = 8  # a larger batch from the caller is split into sub-batches of this size
-    sort_by_length: bool = True  # group similar lengths in one generate call: less padding
-    prefix_cache: bool = True  # reuse the shared prompt prefix's state across unpadded batches
-    merge_rows: bool = True  # with prefix_cache: padded batches too (rows from the prefix, one batched decode)
-    split_by_length: bool = True  # with prefix_cache: batches of one token length only, so each reuses the prefix
-    trust_remote_code: bool = False
-    threads: int | None = None  # torch.set_num_threads, for shared CPUs
-    batch_invariant: bool = False  # --exact: decode steps row by row in each Linear, bit-equal to the one-row loop
-
-
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16"}
-DTYPES["fp16"] = "float16"
 
 
 class TransformersEngine(Engine):
@@ -67,7 +41,7 @@ class TransformersEngine(Engine):
 
     @classmethod
     def uses_host_cpu(cls, options: dict[str, Any]) -> bool:
-        return _device(str(options.get("device") or "auto")).type == "cpu"
+        return resolve_device(str(options.get("device") or "auto")).type == "cpu"
 
     def __init__(self, model: str, profile: Any, options: Any = None):
         super().__init__(model, profile, options)
@@ -80,12 +54,11 @@ class TransformersEngine(Engine):
         self.family_name = resolve_family(model, profile, config)
         self.family = get_family(self.family_name)
         self.family.check_config(config, model)
-        self.device = _device(opts.device)
-        self.dtype = _dtype(opts.dtype, self.device)
+        self.device = resolve_device(opts.device)
+        self.dtype = resolve_dtype(opts.dtype, self.device)
         self.processor = self.family.load_processor(model, trust_remote_code=opts.trust_remote_code)
         self.tokenizer = self.family.tokenizer(self.processor)
-        self.attn_implementation = opts.attn_implementation or _best_attention(self.device, self.dtype)
-        self.model = self._load_model(model)
+        self.model, self.attn_implementation = load_model(self.family, model, opts, self.device, self.dtype)
         if opts.batch_invariant:
             make_batch_invariant(self.model)
         self.prefixes = PrefixStore()
@@ -95,29 +68,6 @@ class TransformersEngine(Engine):
         self._media_ids = _media_token_ids(self.processor, self.tokenizer)
         self._seen_stop_warning = False
         self._stop_cache: dict[tuple[str, ...], Any] = {}
-
-    # ---- loading ----
-    def _load_model(self, model: str) -> Any:
-        cls = self.family.model_class()
-        kwargs = {"dtype": self.dtype, "trust_remote_code": self.options.trust_remote_code}  # type: ignore[attr-defined]
-        try:
-            with _LOAD_LOCK:
-                loaded = self._from_pretrained(cls, model, kwargs)
-        except Exception as exc:
-            raise ModelLoadError(f"{model}: could not load the model ({type(exc).__name__}: {exc})") from exc
-        return loaded.to(self.device).eval()
-
-    def _from_pretrained(self, cls: Any, model: str, kwargs: dict[str, Any]) -> Any:
-        """from_pretrained with the best attention implementation, falling back to eager when it is unavailable."""
-        try:
-            return cls.from_pretrained(model, attn_implementation=self.attn_implementation, **kwargs)
-        except (ValueError, ImportError) as exc:
-            if self.options.attn_implementation:  # type: ignore[attr-defined]
-                raise  # the user asked for this one: say so rather than quietly use another
-            if "sdpa" in str(exc) or "flash" in str(exc).lower():
-                self.attn_implementation = "eager"
-                return cls.from_pretrained(model, attn_implementation="eager", **kwargs)
-            raise
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -394,44 +344,3 @@ def _freeze(value: Any) -> str:
     import json
 
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
-
-
-def _dtype(name: str, device: Any) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}; choose auto, float32, bfloat16 or float16")
-    return getattr(torch, DTYPES[name])
-
-
-def _best_attention(device: Any, dtype: Any) -> str:
-    import torch
-
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        try:
-            import flash_attn  # noqa: F401
-
-            major, _ = torch.cuda.get_device_capability(device)
-            if 8 <= major <= 9:  # Ampere..Hopper; the json-captioner card: no flash-attn kernels on sm_75/sm_120
-                return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
