@@ -189,6 +189,10 @@ class Captioner:
             self._engine = cls(self.model, self.profile, options)
         return self._engine
 
+    def fast_paths(self) -> dict[str, Any]:
+        """Each fast path of the loaded engine: off, unverified, verified or disabled (and why); {} before loading."""
+        return self._engine.fast_paths() if self._engine is not None else {}
+
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """One engine batch: one Generation per Request, in order."""
         if not requests:

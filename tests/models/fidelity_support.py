@@ -62,3 +62,52 @@ def capmill_encodings(cap, photos: list[Path]):
     requests = [cap.prepare(Item(id=p.stem, source=str(p), data=p.read_bytes())) for p in photos]
     singles = [cap.family.encode(processor, [r]) for r in requests]
     return singles, cap.family.encode(processor, requests)
+
+
+def shape_seeds() -> list[int]:
+    """Seeds for shaped_photos: CAPMILL_SHAPE_SEEDS="0,1" (default "0"), or "random:N" for N fresh seeds.
+
+    Fresh seeds are printed (pytest -s, or in the failure report) so a failing shape set can be replayed.
+    """
+    import os
+    import random
+
+    spec = os.environ.get("CAPMILL_SHAPE_SEEDS", "0")
+    if spec.startswith("random:"):
+        seeds = [random.SystemRandom().randrange(10**6) for _ in range(int(spec.split(":", 1)[1]))]
+        print(f"CAPMILL_SHAPE_SEEDS={','.join(map(str, seeds))}")
+        return seeds
+    return [int(s) for s in spec.split(",") if s.strip()]
+
+
+def shaped_photos(coco_photos: list[Path], folder: Path, seed: int, n: int = 8) -> list[Path]:
+    """`n` real photos resized to sizes drawn from `seed`: tiny, square, panoramic, portrait and large ones mixed,
+    so the image-token counts (and the padding of a batch) differ from row to row."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    kinds = ["tiny", "square", "panorama", "portrait", "large"]
+    paths = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)] if i < len(kinds) else rng.choice(kinds)
+        if kind == "tiny":
+            size = (rng.randint(8, 48), rng.randint(8, 48))
+        elif kind == "square":
+            side = rng.randint(64, 700)
+            size = (side, side)
+        elif kind == "panorama":
+            h = rng.randint(40, 300)
+            size = (int(h * rng.uniform(2.5, 6.0)), h)
+        elif kind == "portrait":
+            w = rng.randint(40, 300)
+            size = (w, int(w * rng.uniform(2.5, 6.0)))
+        else:
+            size = (rng.randint(900, 2000), rng.randint(900, 2000))
+        source = coco_photos[rng.randrange(len(coco_photos))]
+        path = folder / f"seed{seed}-{i}-{kind}-{size[0]}x{size[1]}.png"
+        with Image.open(source) as im:
+            im.convert("RGB").resize(size).save(path)
+        paths.append(path)
+    return paths

@@ -58,6 +58,10 @@ class Engine(ABC):
         """What goes into a run manifest: engine name, model, revision if known, options."""
         return {"engine": self.name, "model": self.model, "options": self.options.model_dump(mode="json")}
 
+    def fast_paths(self) -> dict[str, dict[str, Any]]:
+        """Each fast path this engine has (fast_paths.py): its state (off, unverified, verified, disabled) and why."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model and any worker; safe to call twice."""
 

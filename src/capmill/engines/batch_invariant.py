@@ -14,9 +14,13 @@ from typing import Any
 
 
 def make_batch_invariant(model: Any) -> int:
-    """Route the decode steps of every `nn.Linear` in `model` one row at a time; returns how many were changed."""
+    """Route the decode steps of every `nn.Linear` in `model` one row at a time, and its text decoder's attention
+    row by row (`exact_attention`); returns how many Linears were changed."""
     import torch
 
+    from capmill.engines.exact_attention import install
+
+    install(model)
     changed = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and "forward" not in module.__dict__:

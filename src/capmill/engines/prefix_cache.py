@@ -79,6 +79,12 @@ def shared_prefix_length(inputs: Any, media_token_ids: set[int]) -> int:
     return n if n >= MIN_PREFIX else 0
 
 
+def output_cache(out: Any) -> Any:
+    """The cache a forward or `generate(return_dict_in_generate=True)` returned (`cache` from transformers 5.25 on)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def repeat_batch(cache: Any, repeats: int) -> Any:
     """A copy of a batch-1 cache with every per-row tensor repeated `repeats` times (any layer kind)."""
     import torch
@@ -126,7 +132,7 @@ class PrefixStore:
                     use_cache=True,
                     logits_to_keep=1,
                 )
-            cache = out.past_key_values
+            cache = output_cache(out)
             self._store[key] = cache
             while len(self._store) > self.size:
                 self._store.popitem(last=False)

@@ -5,7 +5,10 @@ padded linear-attention state is not the unpadded one). So each row's prompt is 
 prefix (its first token chosen as `generate` would), the rows' caches are merged (attention keys/values
 left-padded to one length, linear-attention states stacked, M-RoPE deltas recomputed for the padded batch) and
 all rows decode together. Every row sees exactly the state of a one-shot batch-1 prefill; checked against the
-card by tests/models/test_fidelity_json_captioner.py.
+card by tests/models/test_fidelity_json_captioner.py, and at run time by the fast-path guard (fast_paths.py).
+
+Version-sensitive: reads and rebuilds transformers' cache layers (`DynamicLayer` keys/values, `LinearAttentionLayer`
+conv/recurrent states and its token count), checked against transformers 5.23-5.25.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from capmill.engines.prefix_cache import PrefixStore, collate
+from capmill.engines.prefix_cache import PrefixStore, collate, output_cache
 
 
 def merge_rows(caches: list[Any], lengths: list[int]) -> Any:
@@ -40,7 +43,17 @@ def merge_rows(caches: list[Any], lengths: list[int]) -> Any:
                 setattr(layer, name, [join([v[k] for v in values], name) for k in range(len(value))])
             else:
                 setattr(layer, name, join(values, name))
+        if hasattr(layer, "cumulative_length_linear"):  # transformers >= 5.25: a linear layer counts its tokens, and
+            # `generate` takes the cache's length from layer 0, a linear layer in Qwen3.5: the merged batch is `width`
+            layer.cumulative_length_linear = torch.tensor(width, dtype=layer.cumulative_length_linear.dtype)
     return merged
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name `generate` takes a starting cache by: `cache` from transformers 5.25 on, `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 def reset_rope_state(model: Any) -> None:
@@ -64,6 +77,7 @@ def generate_merged(
     pad_token_id: int,
     finished_first: Any,
     on_first: Any = None,
+    cache_kwarg: str = "past_key_values",
 ) -> Any:
     """Token ids (B, padded prompt + new tokens) as one left-padded `generate` call would return them.
 
@@ -72,14 +86,14 @@ def generate_merged(
     """
     import torch
 
-    row_kwargs = {k: v for k, v in kwargs.items() if k not in ("streamer", "past_key_values")}
+    row_kwargs = {k: v for k, v in kwargs.items() if k not in ("streamer", cache_kwarg)}
     row_kwargs["max_new_tokens"] = 1
     caches, firsts, lengths = [], [], []
     for single in singles:
         cache = prefixes.cache_for(model, single["input_ids"][:1, :prefix], 1)
         reset_rope_state(model)
-        out = model.generate(**single, past_key_values=cache, return_dict_in_generate=True, **row_kwargs)
-        caches.append(out.past_key_values)
+        out = model.generate(**single, **{cache_kwarg: cache}, return_dict_in_generate=True, **row_kwargs)
+        caches.append(output_cache(out))
         firsts.append(out.sequences[:, -1:])
         lengths.append(single["input_ids"].shape[1])
     if on_first is not None:
@@ -102,11 +116,10 @@ def generate_merged(
         _, inner.rope_deltas = inner.get_rope_index(
             batch["input_ids"], attention_mask=batch["attention_mask"], mm_token_type_ids=mm, **grids
         )
-    cont_kwargs = {k: v for k, v in kwargs.items() if k != "past_key_values"}
+    cont_kwargs = {k: v for k, v in kwargs.items() if k != cache_kwarg}
     cont_kwargs["max_new_tokens"] = more
-    out = model.generate(
-        input_ids=ids, attention_mask=mask, past_key_values=merge_rows(caches, lengths), **extra, **cont_kwargs
-    )
+    merged = merge_rows(caches, lengths)
+    out = model.generate(input_ids=ids, attention_mask=mask, **{cache_kwarg: merged}, **extra, **cont_kwargs)
     done = torch.tensor([bool(finished_first(int(t))) for t in first[:, 0]])
     if bool(done.any()):
         out[done, ids.shape[1] :] = pad_token_id

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from capmill.engines.base import Engine, EngineOptions
 from capmill.engines.batch_invariant import make_batch_invariant
+from capmill.engines.fast_paths import FastPathGuard, prove
 from capmill.engines.isolate import failed, run_isolating
 from capmill.engines.prefix_cache import (
     MIN_PREFIX,
@@ -22,7 +23,7 @@ from capmill.engines.prefix_cache import (
     equal_length_batches,
     shared_prefix_length,
 )
-from capmill.engines.row_merge import generate_merged, reset_rope_state
+from capmill.engines.row_merge import cache_kwarg, generate_merged, reset_rope_state
 from capmill.engines.transformers_loading import TransformersOptions, load_model, resolve_device, resolve_dtype
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
@@ -65,6 +66,12 @@ class TransformersEngine(Engine):
         self._encoder_decoder = (
             bool(getattr(self.model.config, "is_encoder_decoder", False)) or self.family.encoder_decoder
         )
+        reuse = opts.prefix_cache and not self._encoder_decoder
+        self.guard = FastPathGuard(
+            {"prefix_cache": reuse, "merge_rows": reuse and opts.merge_rows, "batch_invariant": opts.batch_invariant},
+            dtype=str(self.dtype).replace("torch.", ""),
+        )
+        self._cache_kwarg = cache_kwarg(self.model)
         self._media_ids = _media_token_ids(self.processor, self.tokenizer)
         self._seen_stop_warning = False
         self._stop_cache: dict[tuple[str, ...], Any] = {}
@@ -111,10 +118,10 @@ class TransformersEngine(Engine):
         out = []
         for indices in groups.values():
             if (
-                self.options.split_by_length
-                and not self.options.merge_rows
+                self.options.split_by_length  # type: ignore[attr-defined]
+                and not self.guard.usable("merge_rows")
                 and self._reusable_prefix([encoded[i][0] for i in indices])
-            ):  # type: ignore[attr-defined]
+            ):
                 lengths = {i: encoded[i][0]["input_ids"].shape[1] for i in indices}
                 out.extend(equal_length_batches(indices, lengths, size))
                 continue
@@ -127,39 +134,25 @@ class TransformersEngine(Engine):
         import torch
 
         t0 = time.perf_counter()
-        inputs = collate([s for s, _ in singles], self.tokenizer.pad_token_id)
-        inputs = inputs.to(self.device)
-        for key, value in inputs.items():
-            if torch.is_tensor(value) and value.is_floating_point():
-                inputs[key] = value.to(self.dtype)
+        inputs = self._on_device(collate([s for s, _ in singles], self.tokenizer.pad_token_id))
         decoding = batch[0].decoding
+        rows = [s for s, _ in singles]
+        path, prefix = self._choose_path(inputs, rows, batch, decoding)
+        if self._prove(path, prefix, rows, batch, decoding):  # a fast path stepped aside: choose again
+            path, prefix = self._choose_path(inputs, rows, batch, decoding)
+        if len(batch) > 1 and self.guard.paths["batch_invariant"].state == "disabled":
+            # --exact could not be proved for batches: each row alone is the one computation that is exact
+            return [
+                g
+                for request, single in zip(batch, singles, strict=True)
+                for g in self._generate_batch([request], [single])
+            ]
         kwargs = self._generate_kwargs(decoding, batch)
-        prefix = self._prefix_length(inputs)
         t_prefix = time.perf_counter()
-        if prefix:
-            kwargs["past_key_values"] = self.prefixes.cache_for(
-                self.model, inputs["input_ids"][:1, :prefix], len(batch)
-            )
         clock = kwargs["streamer"] = _FirstTokenClock()
         if decoding.seed is not None:
             torch.manual_seed(decoding.seed)
-        merge = not prefix and self._merge_ok(inputs, singles, batch, decoding)
-        with torch.inference_mode():
-            if merge:  # padded, but the rows share a long prefix: rows from the prefix, then one batched decode
-                prefix = merge
-                out = generate_merged(
-                    self.model,
-                    self.prefixes,
-                    [self._on_device(s) for s, _ in singles],
-                    merge,
-                    kwargs,
-                    self.tokenizer.pad_token_id,
-                    lambda t: self._ends_at_first(t, decoding),
-                    on_first=clock.put_first,
-                )
-            else:
-                reset_rope_state(self.model)
-                out = self.model.generate(**inputs, **kwargs)
+        out = self._run_path(path, prefix, inputs, rows, kwargs, decoding, on_first=clock.put_first)
         t2 = time.perf_counter()
         input_ids = inputs["input_ids"]
         new = out
@@ -196,11 +189,84 @@ class TransformersEngine(Engine):
             )
         return generations
 
+    # ---- fast paths (fast_paths.py): chosen per batch, each proved on its first batch ----
+    def _choose_path(self, inputs: Any, rows: list[Any], batch: list[Request], decoding: Decoding) -> tuple[str, int]:
+        """("plain" | "prefix" | "merge", prefix tokens) for this batch, among the paths still usable."""
+        if self.guard.usable("prefix_cache"):
+            prefix = shared_prefix_length(inputs, self._media_ids)
+            if prefix:
+                return "prefix", prefix
+        mask = inputs.get("attention_mask")
+        if (
+            self.guard.usable("merge_rows")
+            and len(batch) > 1
+            and mask is not None
+            and not bool(mask.all())
+            and decoding.max_new_tokens >= 2
+            and not any(r.constraint or r.videos for r in batch)
+            and self._reusable_prefix(rows)
+        ):
+            prefix = shared_prefix_length(collate(rows[:1], self.tokenizer.pad_token_id), self._media_ids)
+            if prefix:
+                return "merge", prefix
+        return "plain", 0
+
+    def _run_path(
+        self,
+        path: str,
+        prefix: int,
+        inputs: Any,
+        rows: list[Any],
+        kwargs: dict[str, Any],
+        decoding: Decoding,
+        on_first: Any = None,
+    ) -> Any:
+        """Token ids (rows x (prompt +) new tokens) of one generate over the batch, by the given path."""
+        import torch
+
+        with torch.inference_mode():
+            if path == "merge":  # padded, but the rows share a long prefix: rows from the prefix, one batched decode
+                return generate_merged(
+                    self.model,
+                    self.prefixes,
+                    [self._on_device(r) for r in rows],
+                    prefix,
+                    kwargs,
+                    self.tokenizer.pad_token_id,
+                    lambda t: self._ends_at_first(t, decoding),
+                    on_first=on_first,
+                    cache_kwarg=self._cache_kwarg,
+                )
+            if path == "prefix":  # unpadded: every row starts from the stored prefix state
+                kwargs = {
+                    **kwargs,
+                    self._cache_kwarg: self.prefixes.cache_for(
+                        self.model, inputs["input_ids"][:1, :prefix], inputs["input_ids"].shape[0]
+                    ),
+                }
+            reset_rope_state(self.model)
+            return self.model.generate(**inputs, **kwargs)
+
+    def _prove(self, path: str, prefix: int, rows: list[Any], batch: list[Request], decoding: Decoding) -> bool:
+        """Probe the fast paths this batch would take that have not proved themselves yet; True if one failed."""
+        failed = False
+        names = {"prefix": ["prefix_cache"], "merge": ["merge_rows"], "plain": []}[path]
+        if len(batch) > 1:
+            names.append("batch_invariant")
+        for name in names:
+            if not self.guard.pending(name):
+                continue
+            failed |= not prove(self, name, path, prefix, rows, batch, decoding)
+        return failed
+
+    def fast_paths(self) -> dict[str, dict[str, Any]]:
+        return self.guard.report()
+
     def _reusable_prefix(self, singles: list[Any]) -> bool:
         """Whether these rows share a prefix long enough to reuse (else splitting by length only costs batch size)."""
         import torch
 
-        if not self.options.prefix_cache or self._encoder_decoder:  # type: ignore[attr-defined]
+        if not self.guard.usable("prefix_cache"):
             return False
         first = singles[0]["input_ids"][0]
         media = torch.isin(first, torch.tensor(sorted(self._media_ids), dtype=first.dtype)) if self._media_ids else None
@@ -208,18 +274,6 @@ class TransformersEngine(Engine):
         if n < MIN_PREFIX:
             return False
         return all(s["input_ids"].shape[1] > n and torch.equal(s["input_ids"][0, :n], first[:n]) for s in singles)
-
-    def _merge_ok(self, inputs: Any, singles: list[Any], batch: list[Request], decoding: Decoding) -> int:
-        """The prefix length to use for a padded batch through row_merge, or 0 for the plain path."""
-        mask = inputs.get("attention_mask")
-        if not self.options.merge_rows or len(batch) < 2 or mask is None or bool(mask.all()):  # type: ignore[attr-defined]
-            return 0
-        if decoding.max_new_tokens < 2 or any(r.constraint for r in batch) or any(r.videos for r in batch):
-            return 0
-        rows = [s for s, _ in singles]
-        if not self._reusable_prefix(rows):
-            return 0
-        return shared_prefix_length(collate(rows[:1], self.tokenizer.pad_token_id), self._media_ids)
 
     def _on_device(self, single: Any) -> Any:
         import torch
@@ -236,12 +290,6 @@ class TransformersEngine(Engine):
             return True
         text = self.tokenizer.decode([token])
         return any(text.endswith(stop) for stop in decoding.stop)
-
-    def _prefix_length(self, inputs: Any) -> int:
-        """How many leading tokens come from the prefix store (0: plain prefill)."""
-        if not self.options.prefix_cache or self._encoder_decoder:  # type: ignore[attr-defined]
-            return 0
-        return shared_prefix_length(inputs, self._media_ids)
 
     def _generate_kwargs(self, decoding: Decoding, batch: list[Request]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

@@ -78,6 +78,7 @@ class LocalRunner:
             if progress and out is not None:
                 progress.close(stats)
             summary = build_summary(stats, out, completed, failure)
+            summary["session"]["fast_paths"] = captioner.fast_paths() if hasattr(captioner, "fast_paths") else {}
             if out is not None:
                 write_summary(os.path.join(job.run_dir, "summary.json"), summary)
                 out.release()
