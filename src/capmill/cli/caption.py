@@ -124,8 +124,10 @@ def captioner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 EXACT_HELP = (
-    "batch-invariant decoding: every decode step's matrix products computed row by row, so a batched greedy "
-    "caption is the card's one-image loop's to the bit (slower decoding; transformers engine)"
+    "batch-invariant decoding: every row of a batch computed as that input alone (decode-step matrix products and "
+    "attention row by row, padding cut away), so a batched greedy caption equals captioning that input alone, to "
+    "the bit, for photos of any sizes; proved on the first batch, else rows run one at a time (slower decoding; "
+    "transformers engine)"
 )
 
 
