@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from capmill.captioner import Captioner
 from capmill.engines import exact_attention, prefix_cache, row_merge
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 import test_fidelity_json_captioner as card  # noqa: E402 - the card's snippet, written once in tests/models
-from fidelity_support import MAX_NEW_TOKENS, shaped_photos  # noqa: E402
+from fidelity_support import shaped_photos  # noqa: E402
+from test_prefix_cache import _captioner  # noqa: E402 - json-captioner with the stand-in scaffold, batch 8
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,6 @@ def setup(tiny_model, coco_photos, tmp_path_factory):
     photos = shaped_photos(coco_photos, tmp_path_factory.mktemp("shapes"), seed=3, n=6)
     refs = [card.card_caption(*loaded, image_path=str(p))[1] for p in photos]
     return path, photos, refs
-
-
-def _captioner(path: str, **options) -> Captioner:
-    return Captioner(
-        model=path,
-        profile="json-captioner",
-        scaffold=card.STANDIN,
-        decoding={"max_new_tokens": MAX_NEW_TOKENS},
-        batch_size=8,
-        engine_options=options,
-    )
 
 
 def test_healthy_fast_paths_are_verified_and_reported(setup):
