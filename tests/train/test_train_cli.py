@@ -1,4 +1,4 @@
-"""`capmill train` and `capmill merge` end to end: seed 000's recipe on a tiny Qwen3.5, then a faithful merge."""
+"""`capmill train` and `capmill merge` end to end: the json-captioner recipe on a tiny Qwen3.5, then a faithful merge."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Any
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="training config (YAML); optional when flags say enough")
-    parser.add_argument("--preset", help="seed recipe: json-captioner (seed 000) or blip2-lora (seed 004)")
+    parser.add_argument("--preset", help="a model card's recipe: json-captioner or blip2-lora")
     parser.add_argument("--base", help="base model: hub id or local folder")
     parser.add_argument("--out", help="run folder (checkpoints, loss.csv, loss.png, adapter/)")
     parser.add_argument(

@@ -53,7 +53,7 @@ def family_of_config(config: dict[str, Any]) -> str:
 
 
 def profile_by_checkpoint_name(model: str) -> Profile | None:
-    """The seed profile whose checkpoint has this name (hub id or a local folder named like it)."""
+    """The named profile whose checkpoint has this name (hub id or a local folder named like it)."""
     name = _last_part(model)
     for profile in all_profiles():
         names = [p for p in (profile.default_model, *profile.aliases) if p]

@@ -1,6 +1,6 @@
 """Merge a LoRA adapter into its base and prove the merge faithful before publishing it.
 
-As seed 000 did: ``merge_and_unload(safe_merge=True)``, then the maximum absolute logit difference between
+As the json-captioner card did: ``merge_and_unload(safe_merge=True)``, then the maximum absolute logit difference between
 base + LoRA and the merged model, in memory and reloaded from disk, on sample inputs (text-only and with
 images). Above the tolerance a MergeFaithfulnessError is raised and nothing is written to ``out``. The merged
 folder holds weights, config, generation config, processor, tokenizer and chat template, and loads alone.

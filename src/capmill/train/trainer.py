@@ -2,7 +2,7 @@
 
 A small loop rather than transformers.Trainer: vision-language batches (pixel tensors of varying length),
 token-weighted gradient accumulation and stage-by-stage optimizers are simpler to get exactly right here.
-Seed 000 ran each stage as its own Trainer run (fresh AdamW, cosine schedule with 3% warm-up) on one adapter;
+The json-captioner card ran each stage as its own Trainer run (fresh AdamW, cosine schedule with 3% warm-up) on one adapter;
 this loop does the same.
 """
 
