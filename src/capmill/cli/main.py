@@ -39,6 +39,7 @@ SUBCOMMANDS = {
     "eval": ("eval_cmd", "measure caption quality and compare runs"),
     "train": ("train", "LoRA fine-tuning of a captioner"),
     "merge": ("merge", "merge a LoRA adapter into its base, checked for faithfulness"),
+    "plugins": ("plugins", "list the engines, profiles, sources and sinks that installed plugins add"),
     "testing": ("testing", "build tiny random-weight models to try capmill without a GPU or a model hub"),
 }
 
