@@ -98,9 +98,15 @@ def run(args: argparse.Namespace) -> int:
         "steps": result.global_step,
         "last_loss": result.losses[-1] if result.losses else None,
         "rejected_rows": result.rejects,
+        "already_finished": result.already_finished,
     }
     if args.json:
         print(json.dumps(summary))
+    elif result.already_finished:
+        print(
+            f"{result.run_dir} holds a finished run ({result.global_step} steps): nothing to train; its adapter is "
+            f"in {result.adapter_dir}. Choose another --out to train again."
+        )
     elif result.completed:
         print(
             f"trained {result.global_step} steps; adapter in {result.adapter_dir}; loss log {result.run_dir / 'loss.csv'}"
