@@ -99,3 +99,22 @@ def test_library_warnings_are_held_back_unless_verbose(tmp_path, tiny_model, coc
     assert verbose.returncode == 0, verbose.stderr
     assert "falling back to its reference PyTorch implementation" in verbose.stderr
     assert "held back" not in verbose.stderr
+
+
+def test_no_command_and_an_internal_error_also_end_with_what_to_do(capsys, monkeypatch):
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert "usage: capmill" in captured.out
+    assert captured.err.strip().splitlines()[-1] == "name a command: `capmill COMMAND --help` shows its options"
+
+    import capmill.cli.models
+
+    def broken(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(capmill.cli.models, "run", broken)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback (most recent call last):" in err
+    assert err[-2] == "capmill models: internal error: ValueError: a bug"
+    assert err[-1] == "this is a bug in capmill: please report it with the traceback above"

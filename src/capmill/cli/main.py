@@ -49,11 +49,7 @@ NEXT_STEP: list[tuple[type[BaseException], str]] = [
     (RunConflictError, "give a new --run-dir, or the settings this run folder was started with"),
     (ScaffoldError, "pass --scaffold FILE: the json-captioner's task_1.jsonl (system prompt + tools)"),
     (UnsupportedError, "choose another engine or profile (`capmill models` lists the profiles)"),
-    (
-        ModelLoadError,
-        "check the model id or path: a hub id needs the network or a cached copy, a folder needs config.json "
-        "(`capmill testing build-model` makes a tiny one to try with)",
-    ),
+    (ModelLoadError, "check the model id or path: a hub id needs the network or a cached copy, a folder config.json"),
     (EngineError, "check that the engine or server is up and serves the model, then run the same command to resume"),
     (OverloadedError, "wait a moment and try again"),
     (TrainingError, "fix the training data or config named above and run the same command again"),
@@ -107,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _unknown_arguments(target, extras)
     if not getattr(args, "_run", None):
         parser.print_help()
+        print("\nname a command: `capmill COMMAND --help` shows its options", file=sys.stderr)
         return 2
     from capmill.cli.quiet import QuietLibraries
 
@@ -151,6 +148,8 @@ def next_step(exc: CapmillError, command: str | None) -> str:
         return f"use one of the {exc.kind} names listed above"
     for kind, text in NEXT_STEP:
         if isinstance(exc, kind):
+            if kind is ModelLoadError and command in ("caption", "serve"):
+                text += " (`capmill testing build-model` makes a tiny one to try commands with)"
             return text
     return f"fix what is named above and run the same command again (`capmill {command} --help` lists the options)"
 
