@@ -54,3 +54,20 @@ def test_a_broken_plugin_is_a_config_error_naming_its_package(tmp_path, monkeypa
         reg.get("bad")
     with pytest.raises(UnknownNameError):
         reg.get("nope")
+
+
+def test_capmill_plugins_reports_an_entry_that_a_built_in_name_hides(tmp_path, monkeypatch):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _installed(tmp_path, monkeypatch, "capmill.engines", ["transformers = capmill_fake:Engine"], dist="capmill-fake")
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(tmp_path)])}
+    cmd = [sys.executable, "-m", "capmill", "plugins", "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [
+        {"kind": "engine", "name": "transformers", "package": "capmill-fake", "target": "(ignored: name taken)"}
+    ]
