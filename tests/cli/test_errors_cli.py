@@ -118,3 +118,19 @@ def test_no_command_and_an_internal_error_also_end_with_what_to_do(capsys, monke
     assert "Traceback (most recent call last):" in err
     assert err[-2] == "capmill models: internal error: ValueError: a bug"
     assert err[-1] == "this is a bug in capmill: please report it with the traceback above"
+
+
+def test_a_server_that_cannot_bind_says_what_to_do(tmp_path):
+    import socket
+
+    (tmp_path / "run" / "records").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "capmill", "serve", "--browse", str(tmp_path / "run"), "--port", str(port)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "address already in use" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("capmill serve: stopped (exit code")

@@ -116,6 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"capmill {command}: error: {exc}", file=sys.stderr)
         print(next_step(exc, command), file=sys.stderr)
         return exc.exit_code
+    except SystemExit as exc:  # a library (uvicorn, for one) ended the process after printing why
+        if exc.code not in (0, None):
+            print(
+                f"capmill {command}: stopped (exit code {exc.code}) for the reason printed above; "
+                f"fix that and run the same command again",
+                file=sys.stderr,
+            )
+        raise
     except KeyboardInterrupt:
         print(f"capmill {command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
