@@ -1,4 +1,4 @@
-"""blip2-lora (seed 004) on a tiny BLIP-2 (T5): capmill equals the card's snippet, with the Blip2 classes.
+"""blip2-lora on a tiny BLIP-2 (T5): capmill equals the card's snippet, with the Blip2 classes.
 
 The card imports BlipProcessor/BlipForConditionalGeneration (BLIP-1 classes that cannot load BLIP-2) and uses
 an undefined `images`; the reference does what it means: the Blip2 classes and `images = [img]`.

@@ -1,4 +1,4 @@
-"""caprl-3b (seed 001) on a tiny Qwen2.5-VL: capmill equals "the exact same inference approach as Qwen2.5-VL".
+"""caprl-3b on a tiny Qwen2.5-VL: capmill equals "the exact same inference approach as Qwen2.5-VL".
 
 The card shows only a vLLM OpenAI call (system "You are a helpful assistant.", temperature 1.0, top_p 1.0,
 repetition_penalty 1.0) and points to the Qwen2.5-VL transformers recipe; the reference below is that recipe

@@ -1,4 +1,4 @@
-"""caprl-internvl-8b (seed 002) on a tiny InternVL: capmill equals "the exact same inference approach as
+"""caprl-internvl-8b on a tiny InternVL: capmill equals "the exact same inference approach as
 InternVL-3.5", i.e. the InternVL3.5 -HF transformers snippet with the CapRL card's messages (greedy)."""
 
 from __future__ import annotations

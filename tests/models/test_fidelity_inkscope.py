@@ -1,4 +1,4 @@
-"""inkscope-2b (seed 003) on a tiny Qwen2-VL: capmill's inputs and greedy output equal the card's snippet."""
+"""inkscope-2b on a tiny Qwen2-VL: capmill's inputs and greedy output equal the card's snippet."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from capmill.captioner import Captioner
 
 
 def card_load(model_path: str):
-    """Seed 003's "How to Use", loading part, verbatim but for the model path and device."""
+    """The card's "How to Use", loading part, verbatim but for the model path and device."""
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
     # Load the fine-tuned model
@@ -27,7 +27,7 @@ def card_load(model_path: str):
 
 
 def card_caption(model, processor, image_path: str):
-    """Seed 003's "How to Use", per-image part, verbatim but for the image, device "cpu" and max_new_tokens."""
+    """The card's "How to Use", per-image part, verbatim but for the image, device "cpu" and max_new_tokens."""
     from qwen_vl_utils import process_vision_info
 
     # Sample input message with an image

@@ -1,4 +1,4 @@
-"""json-captioner (seed 000) on a tiny Qwen3.5: capmill's inputs and greedy output equal the card's snippet.
+"""json-captioner on a tiny Qwen3.5: capmill's inputs and greedy output equal the card's snippet.
 
 The scaffold is the stand-in file tests/models/data/scaffold_standin.jsonl (the real one is a hub download);
 both sides read the same file, so the comparison is exact whatever the prompt says.
@@ -26,7 +26,7 @@ STANDIN = Path(__file__).parent / "data" / "scaffold_standin.jsonl"
 
 
 def card_load(REPO: str):  # noqa: N803 - the card's name
-    """Seed 000's usage, loading part, verbatim but for float32 on "cpu" and the scaffold path."""
+    """The card's usage, loading part, verbatim but for float32 on "cpu" and the scaffold path."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(REPO)
@@ -43,7 +43,7 @@ def card_load(REPO: str):  # noqa: N803 - the card's name
 
 
 def card_caption(model, processor, SYSTEM_PROMPT, TOOLS, image_path=None, caption_text=None):  # noqa: N803
-    """Seed 000's usage, per-input part, verbatim but for max_new_tokens; text input drops the image block."""
+    """The card's usage, per-input part, verbatim but for max_new_tokens; text input drops the image block."""
     from PIL import Image
 
     if image_path is not None:

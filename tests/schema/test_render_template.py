@@ -60,7 +60,7 @@ def test_any_caption_matches_the_template(render_chat, caption, include_nulls):
 
 
 def test_golden_seed_example_call():
-    # What the model is trained to emit for seed example 1; a change here changes the training data.
+    # What the model is trained to emit for the card's example 1; a change here changes the training data.
     golden = (GOLDEN / "seed_example_1_tool_call.txt").read_text(encoding="utf-8")
     assert render_tool_call(StructuredCaption.model_validate(SEED_1)) == golden
 

@@ -1,4 +1,4 @@
-"""The published schema and tool equal seed 000's tool JSON, and the pydantic model enforces exactly that schema."""
+"""The published schema and tool equal the json-captioner card's tool JSON, and the pydantic model enforces exactly that schema."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_pydantic_model_schema_is_the_seed_schema():
     assert StructuredCaption.model_json_schema() == CAPTION_JSON_SCHEMA
 
 
-@pytest.mark.skipif(not SEEDS.is_dir(), reason="seed cards live outside the repository")
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the model cards live outside the repository")
 def test_golden_is_the_seed_card_text_verbatim():
     card = next(SEEDS.glob("000_*.txt")).read_text(encoding="utf-8")
     golden = (GOLDEN / "emit_caption_schema_tool.json").read_text(encoding="utf-8").strip()

@@ -22,6 +22,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--image", action="append", default=[], help="sample image for the check (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument(
+        "--profile",
+        help="profile the merged model runs under, recorded in it (default: the adapter's training preset, "
+        "else the base's)",
+    )
     parser.add_argument("--json", action="store_true", help="print the faithfulness report as JSON")
 
 
@@ -34,15 +39,25 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         report = verify_merged(args.verify, args.adapter, **common)
     elif args.out:
-        report = merge_adapter(args.adapter, args.out, overwrite=args.overwrite, **common)
+        report = merge_adapter(args.adapter, args.out, overwrite=args.overwrite, profile=args.profile, **common)
     else:
         raise ConfigError("pass --out DIR to merge, or --verify DIR to check an existing merge")
     if args.json:
         print(json.dumps(report.to_json()))
     else:
         where = f" -> {report.out}" if report.out else ""
+        if args.out and not args.verify:
+            recorded = _recorded_profile(args.out)
+            where += f" (profile {recorded})" if recorded else ""
         print(
             f"faithful{where}: max |logit diff| {report.in_memory:.3g} in memory, "
             f"{report.reloaded:.3g} reloaded (tolerance {report.tolerance:g}, {report.samples} samples)"
         )
     return 0
+
+
+def _recorded_profile(folder: str) -> str | None:
+    from capmill.models.resolve import recorded_profile
+
+    profile = recorded_profile(folder)
+    return profile.name if profile else None

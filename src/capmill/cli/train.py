@@ -9,7 +9,7 @@ from typing import Any
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="training config (YAML); optional when flags say enough")
-    parser.add_argument("--preset", help="seed recipe: json-captioner (seed 000) or blip2-lora (seed 004)")
+    parser.add_argument("--preset", help="a model card's recipe: json-captioner or blip2-lora")
     parser.add_argument("--base", help="base model: hub id or local folder")
     parser.add_argument("--out", help="run folder (checkpoints, loss.csv, loss.png, adapter/)")
     parser.add_argument(
@@ -98,9 +98,15 @@ def run(args: argparse.Namespace) -> int:
         "steps": result.global_step,
         "last_loss": result.losses[-1] if result.losses else None,
         "rejected_rows": result.rejects,
+        "already_finished": result.already_finished,
     }
     if args.json:
         print(json.dumps(summary))
+    elif result.already_finished:
+        print(
+            f"{result.run_dir} holds a finished run ({result.global_step} steps): nothing to train; its adapter is "
+            f"in {result.adapter_dir}. Choose another --out to train again."
+        )
     elif result.completed:
         print(
             f"trained {result.global_step} steps; adapter in {result.adapter_dir}; loss log {result.run_dir / 'loss.csv'}"

@@ -78,7 +78,7 @@ def decode_with_format(data: bytes | None, source: str, options: DecodeOptions) 
     except InputError:
         raise
     except UnidentifiedImageError as exc:
-        raise InputError(source, "not an image", _short(exc)) from exc
+        raise InputError(source, "not an image", f"no image format recognised in its {len(data):,} bytes") from exc
     except Image.DecompressionBombError as exc:
         raise InputError(source, "decompression bomb", _short(exc)) from exc
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:

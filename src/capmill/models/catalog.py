@@ -1,4 +1,4 @@
-"""The named profiles: one per seed model card, plus `generic` for any Hugging Face image-text-to-text model.
+"""The named profiles: one per model card capmill is built around, plus `generic` for any Hugging Face image-text-to-text model.
 
 Every value here is traceable to the card (see `source`); where a card leaves a choice open the default
 follows the card and a decoding override changes it (docs/models.md).

@@ -1,7 +1,7 @@
 """What a model profile is: how a family loads, how the prompt is built, decoding defaults, how output is parsed.
 
 Profiles are data (this module); behaviour per architecture lives in `capmill.models.families`; the named
-profiles of the seed cards live in `capmill.models.catalog`.
+profiles of the model cards capmill is built around live in `capmill.models.catalog`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ class Profile(BaseModel):
     default_mode: str = "caption"
     output: Literal["text", "tool_call"] = "text"
     extra: dict[str, Any] = {}
-    # Added by the models work:
     needs_scaffold: bool = False  # system prompt + tools come from the json-coco-format scaffold
     chat_kwargs: dict[str, Any] = {}  # extra chat-template variables, e.g. enable_thinking=False
     aliases: tuple[str, ...] = ()  # other checkpoint names (last path part, case-insensitive) that mean this profile

@@ -10,6 +10,9 @@ from capmill.errors import ConfigError, ModelLoadError
 from capmill.models.catalog import GENERIC, all_profiles, get_profile
 from capmill.models.profile import Profile
 
+# written by `capmill merge` into the merged folder: its faithfulness report and the profile it runs under
+MERGE_FILE = "capmill_merge.json"
+
 # config.json model_type -> capmill family
 MODEL_TYPE_FAMILY = {
     "qwen3_5": "qwen3_5",
@@ -53,7 +56,7 @@ def family_of_config(config: dict[str, Any]) -> str:
 
 
 def profile_by_checkpoint_name(model: str) -> Profile | None:
-    """The seed profile whose checkpoint has this name (hub id or a local folder named like it)."""
+    """The named profile whose checkpoint has this name (hub id or a local folder named like it)."""
     name = _last_part(model)
     for profile in all_profiles():
         names = [p for p in (profile.default_model, *profile.aliases) if p]
@@ -62,13 +65,26 @@ def profile_by_checkpoint_name(model: str) -> Profile | None:
     return None
 
 
+def recorded_profile(model: str) -> Profile | None:
+    """The profile a local checkpoint folder records for itself (a `capmill merge` output), if any."""
+    path = Path(model) / MERGE_FILE if model else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("profile")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc}); pass --profile to choose the profile") from exc
+    return get_profile(name) if name else None
+
+
 def resolve_profile(model: str, profile: str | Profile | None = None) -> Profile:
-    """A profile given by name or object wins; else the checkpoint's name; else `generic`."""
+    """A profile given by name or object wins; else the one the folder records (a merge); else the checkpoint's
+    name; else `generic`."""
     if isinstance(profile, Profile):
         return profile
     if profile:
         return get_profile(profile)
-    return profile_by_checkpoint_name(model) or GENERIC
+    return recorded_profile(model) or profile_by_checkpoint_name(model) or GENERIC
 
 
 def resolve_family(model: str, profile: Profile, config: dict[str, Any] | None = None) -> str:

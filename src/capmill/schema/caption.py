@@ -1,6 +1,6 @@
-"""The structured caption of seed 000 (the JSON captioner), as pydantic v2 models.
+"""The structured caption of the json-captioner (AbstractPhil/Qwen3.5-0.8B-json-captioner), as pydantic v2 models.
 
-`StructuredCaption.model_json_schema()` equals the `parameters` of the seed's `emit_caption_schema` tool
+`StructuredCaption.model_json_schema()` equals the `parameters` of the card's `emit_caption_schema` tool
 exactly (a golden test checks it), so what we validate is what the model was trained against.
 """
 
@@ -20,8 +20,8 @@ _Short = Annotated[str, StringConstraints(max_length=64)]
 
 
 def _seed_shape(schema: dict[str, Any]) -> None:
-    # Extra keys are refused at validation, but the seed's schema does not say so (nor carry a top-level
-    # description); keep the published JSON Schema byte-for-byte the seed's.
+    # Extra keys are refused at validation, but the card's schema does not say so (nor carry a top-level
+    # description); keep the published JSON Schema byte-for-byte the card's.
     schema.pop("additionalProperties", None)
     if schema.get("title") == "Caption":
         schema.pop("description", None)

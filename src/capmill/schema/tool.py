@@ -1,6 +1,6 @@
-"""The JSON Schema of the structured caption and the `emit_caption_schema` tool, exactly as in seed 000.
+"""The JSON Schema of the structured caption and the `emit_caption_schema` tool, exactly as in the json-captioner card.
 
-Written out literally (not generated at import) so importing is cheap and any drift from the seed card shows
+Written out literally (not generated at import) so importing is cheap and any drift from the card shows
 in review; tests/schema/test_golden.py checks both against the card's tool JSON and against the pydantic model.
 """
 

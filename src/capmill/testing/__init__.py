@@ -1,4 +1,4 @@
-"""Test support: tiny random-weight models of the seed architectures, built offline (no hub)."""
+"""Test support: tiny random-weight models of the real architectures, built offline (no hub)."""
 
 from __future__ import annotations
 

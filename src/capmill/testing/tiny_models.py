@@ -1,4 +1,4 @@
-"""Tiny random-weight models of the real seed architectures, built offline and saved like a real checkpoint.
+"""Tiny random-weight models of the real architectures, built offline and saved like a real checkpoint.
 
 ``build_tiny_model(arch, path, **sizes)`` writes a folder that loads through exactly the code path a real
 checkpoint takes (``AutoProcessor.from_pretrained(path)``, ``AutoModelForImageTextToText.from_pretrained(path)``

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of captioners (curricula of stages, seed recipes as presets) and faithful merging.
+"""LoRA fine-tuning of captioners (curricula of stages, the model cards' recipes as presets) and faithful merging.
 
 Heavy imports (torch, transformers, peft) happen inside the functions; ``pip install 'capmill[train]'``.
 """

@@ -1,7 +1,7 @@
-"""Training configuration: LoRA options, curriculum stages, and the seed recipes as presets.
+"""Training configuration: LoRA options, curriculum stages, and the model cards' recipes as presets.
 
 A config is a YAML file (or flags) validated here before any model loads, so a typo fails at once. Presets
-hold the recipes of the seed cards: ``json-captioner`` (seed 000, Qwen3.5 LoRA) and ``blip2-lora`` (seed 004).
+hold the recipes of two model cards: ``json-captioner`` (Qwen3.5 LoRA) and ``blip2-lora`` (BLIP-2 + flan-t5 LoRA).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ QWEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 
 
 class LoraOptions(BaseModel):
-    """peft LoraConfig fields; ``language_only`` keeps the vision tower untouched (as both seeds did)."""
+    """peft LoraConfig fields; ``language_only`` keeps the vision tower untouched (as both cards did)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,7 +42,7 @@ class Stage(BaseModel):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     learning_rate: float | None = Field(None, gt=0)
-    # Keep only rows whose top-level fields equal these values (seed 000: grounded == True).
+    # Keep only rows whose top-level fields equal these values (the json-captioner card: grounded == True).
     where: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1)
 
@@ -56,7 +56,7 @@ class TrainConfig(BaseModel):
     out: str
     stages: list[Stage] = Field(min_length=1)
     preset: str | None = None
-    init_adapter: str | None = None  # warm start (seed 000's v2 continued the v1 adapter)
+    init_adapter: str | None = None  # warm start (the json-captioner's v2 continued its v1 adapter)
     lora: LoraOptions = Field(default_factory=LoraOptions)
     learning_rate: float = Field(1e-4, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
@@ -107,7 +107,7 @@ class TrainConfig(BaseModel):
         )
 
 
-# Seed 000 (AbstractPhil/Qwen3.5-0.8B-json-captioner): LoRA r 32 / alpha 64 / dropout 0.05 on every projection,
+# The json-captioner card (AbstractPhil/Qwen3.5-0.8B-json-captioner): LoRA r 32 / alpha 64 / dropout 0.05 on every projection,
 # AdamW lr 1e-4 cosine with 3% warm-up, batch 16, max length 2048, seed 42, bf16 on GPU; two stages (bulk CC
 # data for 1 epoch, then the Claude gold set for 2 epochs) continuing one adapter.
 JSON_CAPTIONER = {
@@ -121,7 +121,7 @@ JSON_CAPTIONER = {
     "seed": 42,
     "enable_thinking": False,
 }
-# Seed 004 (erayalp/blip2-flan-t5-xl-LoRA-image-captioning): LoRA r 128 / alpha 128 / dropout 0.05 on the
+# The blip2-lora card (erayalp/blip2-flan-t5-xl-LoRA-image-captioning): LoRA r 128 / alpha 128 / dropout 0.05 on the
 # decoder's q, k, v; AdamW lr 3e-5 cosine with warm-up, batch 32 with 2 accumulation steps, 4 epochs, bf16.
 BLIP2_LORA = {
     "lora": {"r": 128, "alpha": 128, "dropout": 0.05, "target_modules": ["q", "k", "v"]},

@@ -1,6 +1,6 @@
 """Merge a LoRA adapter into its base and prove the merge faithful before publishing it.
 
-As seed 000 did: ``merge_and_unload(safe_merge=True)``, then the maximum absolute logit difference between
+As the json-captioner card did: ``merge_and_unload(safe_merge=True)``, then the maximum absolute logit difference between
 base + LoRA and the merged model, in memory and reloaded from disk, on sample inputs (text-only and with
 images). Above the tolerance a MergeFaithfulnessError is raised and nothing is written to ``out``. The merged
 folder holds weights, config, generation config, processor, tokenizer and chat template, and loads alone.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from capmill.errors import ConfigError, MergeFaithfulnessError, ModelLoadError
+from capmill.models.resolve import MERGE_FILE
 
 # Default tolerance, relative to the largest reference logit: float32 merges agree to rounding; bfloat16 keeps
 # about 3 significant digits per weight, and its rounding adds up through the layers.
@@ -165,12 +166,17 @@ def merge_adapter(
     tolerance: float | None = None,
     images: list[str] | None = None,
     overwrite: bool = False,
+    profile: str | None = None,
 ) -> FaithfulnessReport:
-    """Merge ``adapter`` into ``base``, check faithfulness in memory and reloaded, then publish to ``out``."""
+    """Merge ``adapter`` into ``base``, check faithfulness in memory and reloaded, then publish to ``out``.
+
+    The merged folder records the profile it runs under (``profile``, else the one the adapter was trained for,
+    else the base's), so inference picks it without ``--profile``."""
     from peft import PeftModel
 
     adapter, out = str(adapter), Path(out)
     base = base or adapter_base(adapter)
+    profile_name = merged_profile(adapter, base, profile)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"output folder {out} is not empty; choose another --out or pass --overwrite")
     torch_dtype = _torch_dtype(dtype)
@@ -200,11 +206,29 @@ def merge_adapter(
         shutil.rmtree(tmp, ignore_errors=True)
         raise _unfaithful(report, "reloaded from disk")
     report.out = str(out)
-    (tmp / "capmill_merge.json").write_text(json.dumps(report.to_json(), indent=1), encoding="utf-8")
+    recorded = {**report.to_json(), **({"profile": profile_name} if profile_name else {})}
+    (tmp / MERGE_FILE).write_text(json.dumps(recorded, indent=1), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return report
+
+
+def merged_profile(adapter: str, base: str, given: str | None) -> str | None:
+    """The profile a merged checkpoint runs under: the one given, the adapter's training preset, or the base's
+    (by its checkpoint name); None when only `generic` fits, which inference falls back to anyway."""
+    from capmill.models.catalog import PROFILES, get_profile
+    from capmill.models.resolve import resolve_profile
+
+    if given:
+        return get_profile(given).name  # an unknown name fails before any model loads
+    meta = Path(adapter) / "capmill_train.json"
+    if meta.is_file():
+        preset = (json.loads(meta.read_text(encoding="utf-8")).get("config") or {}).get("preset")
+        if preset and preset in PROFILES:
+            return preset
+    name = resolve_profile(base).name
+    return None if name == "generic" else name
 
 
 def verify_merged(

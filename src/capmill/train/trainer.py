@@ -2,7 +2,7 @@
 
 A small loop rather than transformers.Trainer: vision-language batches (pixel tensors of varying length),
 token-weighted gradient accumulation and stage-by-stage optimizers are simpler to get exactly right here.
-Seed 000 ran each stage as its own Trainer run (fresh AdamW, cosine schedule with 3% warm-up) on one adapter;
+The json-captioner card ran each stage as its own Trainer run (fresh AdamW, cosine schedule with 3% warm-up) on one adapter;
 this loop does the same.
 """
 
@@ -32,6 +32,7 @@ class TrainResult:
     global_step: int
     losses: list[float] = field(default_factory=list)
     rejects: int = 0
+    already_finished: bool = False  # the run folder held a finished run: nothing was trained this time
 
 
 def _device_and_dtype(config: TrainConfig):
@@ -114,7 +115,7 @@ def train(
     run = _prepare_run(config, resume)
     adapter_dir = run / "adapter"
     if (adapter_dir / "capmill_train.json").exists():
-        return TrainResult(run, adapter_dir, True, _done_steps(run))
+        return TrainResult(run, adapter_dir, True, _done_steps(run), already_finished=True)
     device, dtype = _device_and_dtype(config)
     torch.manual_seed(config.seed)
     model, processor = load_base(config.base, dtype, device)
