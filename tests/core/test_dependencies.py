@@ -6,9 +6,9 @@ declares, and a fresh install without the constraints must not take a release no
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

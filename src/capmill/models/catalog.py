@@ -23,7 +23,7 @@ JSON_CAPTIONER = Profile(
     needs_scaffold=True,
     chat_kwargs={"enable_thinking": False},
     video=True,
-    source="seed 000 card: scaffold system prompt + tools, enable_thinking=False, greedy, </tool_call>, 768 tokens",
+    source="Qwen3.5-0.8B-json-captioner card: scaffold system prompt + tools, enable_thinking=False, greedy, </tool_call>, 768 tokens",
 )
 
 CAPRL_3B = Profile(
@@ -36,7 +36,7 @@ CAPRL_3B = Profile(
     decoding=Decoding(max_new_tokens=2048, do_sample=True, temperature=1.0, top_p=1.0, repetition_penalty=1.0),
     video=True,
     source=(
-        "seed 001 card: system 'You are a helpful assistant.', temperature 1.0, top_p 1.0, repetition_penalty 1.0; "
+        "CapRL-3B card: system 'You are a helpful assistant.', temperature 1.0, top_p 1.0, repetition_penalty 1.0; "
         "prompt and 2048 tokens from CapRL's own caption script; images resized as qwen_vl_utils does "
         "(Qwen2.5-VL inference approach)"
     ),
@@ -51,7 +51,7 @@ CAPRL_INTERNVL_8B = Profile(
     prompt="Please describe this image in detail",
     system_prompt="You are a helpful assistant.",
     decoding=Decoding(max_new_tokens=2048, do_sample=True, temperature=1.0, top_p=1.0, repetition_penalty=1.0),
-    source="seed 002 card: as CapRL-3B, through the InternVL-3.5 transformers (-HF) processor and chat template",
+    source="CapRL-InternVL3.5-8B card: as CapRL-3B, through the InternVL-3.5 transformers (-HF) processor and chat template",
 )
 
 INKSCOPE_2B = Profile(
@@ -62,7 +62,7 @@ INKSCOPE_2B = Profile(
     prompt="Generate a detailed caption for this image.",
     decoding=Decoding(max_new_tokens=128, do_sample=False),
     video=True,
-    source="seed 003 card: prompt, qwen_vl_utils.process_vision_info, 128 new tokens (checkpoint decodes top_k=1)",
+    source="Inkscope-Captions-2B card: prompt, qwen_vl_utils.process_vision_info, 128 new tokens (checkpoint decodes top_k=1)",
 )
 
 BLIP2_LORA = Profile(
@@ -72,7 +72,7 @@ BLIP2_LORA = Profile(
     description="BLIP-2 flan-t5-xl + LoRA: short captions",
     prompt="Provide a detailed caption for this photo.",
     decoding=Decoding(max_new_tokens=30, do_sample=False),
-    source="seed 004 card: Blip2Processor/Blip2ForConditionalGeneration (the card names the BLIP-1 classes), 30 tokens",
+    source="blip2-flan-t5-xl-LoRA card: Blip2Processor/Blip2ForConditionalGeneration (the card names the BLIP-1 classes), 30 tokens",
 )
 
 GENERIC = Profile(
