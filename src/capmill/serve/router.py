@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from capmill.errors import InputError
 from capmill.serve import limits
+from capmill.serve.guards import before_queue
 from capmill.serve.httperrors import HTTPProblem, bad_request, error_body, problem_for, validation_message
 from capmill.serve.protocol import (
     AssistantMessage,
@@ -35,7 +36,7 @@ from capmill.serve.service import CaptionService, PreparedChat, text_item, uploa
 
 router = APIRouter()
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 429, 503, 504)}
 _CAPTION_BODY = {
     "requestBody": {
         "required": True,
@@ -104,7 +105,8 @@ async def list_models(request: Request) -> ModelList:
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     service = service_of(request)
-    prepared = await service.prepare_chat(body)
+    async with before_queue(request.scope):
+        prepared = await service.prepare_chat(body)
     future = service.batcher.submit(prepared.request)  # a full queue answers 503 here, before any stream starts
     _queued(request)
     if body.stream:
@@ -199,6 +201,16 @@ async def _sse(service: CaptionService, prepared: PreparedChat, future, include_
 )
 async def captions(request: Request) -> Any:
     service = service_of(request)
+    async with before_queue(request.scope):
+        item, mode, constrained = await _caption_input(request, service)
+    started = time.perf_counter()
+    record = await service.caption(item, mode, request.scope.get("capmill.arrival"), constrained, request.scope)
+    record.timings.setdefault("server_s", time.perf_counter() - started)
+    return JSONResponse(record.to_dict())
+
+
+async def _caption_input(request: Request, service: CaptionService) -> tuple[Any, str | None, bool | None]:
+    """The item of a /v1/captions request (multipart upload, JSON base64, or text), its mode and constraint flag."""
     config = request.app.state.config
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
@@ -241,7 +253,4 @@ async def captions(request: Request) -> Any:
         mode, constrained = body.mode, body.constrained
     else:
         raise HTTPProblem(415, f"unsupported content type {ctype!r}: send multipart/form-data or application/json")
-    started = time.perf_counter()
-    record = await service.caption(item, mode, request.scope.get("capmill.arrival"), constrained)
-    record.timings.setdefault("server_s", time.perf_counter() - started)
-    return JSONResponse(record.to_dict())
+    return item, mode, constrained

@@ -15,14 +15,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from capmill.engines.isolate import run_isolating
-from capmill.errors import CapmillError, InputError, UnknownNameError
+from capmill.engines.openai_messages import chat_turns, decoding_from_fields, hf_messages
+from capmill.errors import InputError, UnknownNameError
 from capmill.records import Generation, Item, Record, Request, sha256_hex
 from capmill.serve import limits
 from capmill.serve.batcher import Batcher
 from capmill.serve.config import ServeConfig
+from capmill.serve.constraints import GrammarChecker, check_size, requested_constraint
+from capmill.serve.guards import before_queue
 from capmill.serve.httperrors import HTTPProblem, bad_request, too_large
 from capmill.serve.metrics import Metrics
-from capmill.serve.protocol import ChatCompletionRequest, ImagePart, TextPart
+from capmill.serve.protocol import ChatCompletionRequest
 
 
 @dataclass
@@ -49,6 +52,7 @@ class CaptionService:
         self.names = config.names(self.profile.name, getattr(captioner, "model", None))
         self.created = int(time.time())
         self._views: dict[str, Any] = {}
+        self.grammars = GrammarChecker(config)
         self.batcher = Batcher(
             self._run_batch,
             max_batch=config.max_batch,
@@ -79,6 +83,7 @@ class CaptionService:
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        self.grammars.close()
 
     def _run_batch(self, requests: list[Request]) -> list[Generation]:
         """Runs on the engine thread. A batch that fails as a whole is retried one by one, so one bad request
@@ -162,11 +167,18 @@ class CaptionService:
             raise bad_request(f"the {getattr(engine, 'name', 'current')} engine cannot constrain output")
 
     async def caption(
-        self, item: Item, mode: str | None, arrival: Any = None, constrained: bool | None = None
+        self,
+        item: Item,
+        mode: str | None,
+        arrival: Any = None,
+        constrained: bool | None = None,
+        scope: dict[str, Any] | None = None,
     ) -> Record:
-        """Caption one item; `arrival` (from the EarlyArrivals middleware) is closed once it is queued."""
+        """Caption one item; `arrival` (from the EarlyArrivals middleware) is closed once it is queued, and the
+        preparation counts against the receive deadline kept in `scope`."""
         mode = self.check_mode(mode, has_text=item.kind == "text")
-        request = await self.prepare(item, mode)
+        async with before_queue(scope or {}):
+            request = await self.prepare(item, mode)
         if constrained if constrained is not None else (self.config.constrained and self.profile.output == "tool_call"):
             request.constraint = self.tool_constraint(request)
         future = self.batcher.submit(request)
@@ -180,33 +192,23 @@ class CaptionService:
     async def prepare_chat(self, chat: ChatCompletionRequest) -> PreparedChat:
         """OpenAI messages -> one engine Request: the client's messages, rendered the profile's way."""
         model = self.check_model(chat.model)
-        max_new = chat.max_completion_tokens or chat.max_tokens
-        if max_new is not None and max_new > self.config.max_tokens_limit:
-            raise bad_request(
-                f"max_tokens {max_new} exceeds this server's limit of {self.config.max_tokens_limit}", "max_tokens"
-            )
+        fields = chat.model_dump(exclude={"messages"})
+        check_request_limits(chat, fields, self.config)
+        turns = chat_turns([m.model_dump() for m in chat.messages])
         images: list[bytes] = []
-        turns: list[tuple[str, list[tuple[str, Any]]]] = []  # role, [("text", str) | ("image", index)]
-        for m, message in enumerate(chat.messages):
-            parts: list[tuple[str, Any]] = []
-            content = message.content
-            if isinstance(content, str):
-                parts.append(("text", content))
-            elif content:
-                for p, part in enumerate(content):
-                    if isinstance(part, TextPart):
-                        parts.append(("text", part.text))
-                    elif isinstance(part, ImagePart):
-                        if message.role != "user":
-                            raise bad_request(f"messages[{m}]: images are only accepted in user messages", "messages")
-                        param = f"messages[{m}].content[{p}].image_url"
-                        if len(images) >= self.config.max_images_per_request:
-                            raise too_large(f"more than {self.config.max_images_per_request} images in one request")
-                        data = await limits.image_url_bytes(part.image_url.url, param=param, config=self.config)
-                        parts.append(("image", len(images)))
-                        images.append(data)
-            role = "system" if message.role == "developer" else message.role
-            turns.append((role, parts))
+        for m, (role, parts) in enumerate(turns):
+            for p, (kind, value) in enumerate(parts):
+                if kind != "image_url":
+                    continue
+                if role != "user":
+                    raise bad_request(f"messages[{m}]: images are only accepted in user messages", "messages")
+                if len(images) >= self.config.max_images_per_request:
+                    raise too_large(
+                        f"more than {self.config.max_images_per_request} images in one request (max_images_per_request)"
+                    )
+                param = f"messages[{m}].content[{p}].image_url"
+                images.append(await limits.image_url_bytes(value, param=param, config=self.config))
+                parts[p] = ("image", len(images) - 1)
         if not any(role == "user" for role, _ in turns):
             raise bad_request("messages: at least one user message is needed", "messages")
 
@@ -229,7 +231,6 @@ class CaptionService:
                 base = Request(item_id=chat_id, messages=[], decoding=self.profile.decoding,
                                chat_kwargs=dict(self.profile.chat_kwargs))  # fmt: skip
             pil_images = []
-        messages = _render_messages(turns, base, pil_images)
         prompt_text = None
         if base.prompt_text is not None:  # families without a chat template take the last user text
             user_texts = [v for role, parts in turns if role == "user" for k, v in parts if k == "text"]
@@ -237,11 +238,11 @@ class CaptionService:
         request = replace(
             base,
             item_id=chat_id,
-            messages=messages,
+            messages=hf_messages(turns, base, pil_images),
             images=[img for img in pil_images if img is not None],
-            decoding=_decoding(base, chat),
+            decoding=decoding_from_fields(base.decoding, fields),
             prompt_text=prompt_text,
-            constraint=self._response_format(chat),
+            constraint=await self._response_format(chat),
             tools=[t.model_dump(exclude_none=True) for t in chat.tools] if chat.tools is not None else base.tools,
             chat_kwargs={
                 **base.chat_kwargs,
@@ -262,96 +263,49 @@ class CaptionService:
         except Exception:  # the chat answer stands without capmill's reading
             return None
 
-    def _response_format(self, chat: ChatCompletionRequest) -> dict[str, Any] | None:
-        """OpenAI response_format -> an engine constraint (JSON, optionally following the client's schema)."""
-        fmt, outputs = chat.response_format, chat.structured_outputs
-        constraint: dict[str, Any] | None = None
-        if outputs is not None and (outputs.grammar is not None) + (outputs.json_ is not None) != 1:
-            raise bad_request("structured_outputs: give exactly one of 'grammar' or 'json'", "structured_outputs")
-        if outputs is not None:
-            constraint = {"grammar": outputs.grammar} if outputs.grammar is not None else {"json_schema": outputs.json_}
-        elif fmt is not None and fmt.type == "json_object":
-            constraint = {"json_schema": {"type": "object"}}
-        elif fmt is not None and fmt.type == "json_schema":
-            if fmt.json_schema is None:
-                raise bad_request("response_format: type json_schema needs a json_schema", "response_format")
-            constraint = {"json_schema": fmt.json_schema.schema_}
+    async def _response_format(self, chat: ChatCompletionRequest) -> dict[str, Any] | None:
+        """OpenAI response_format -> an engine constraint, checked (size, llguidance, time) before queueing."""
+        constraint, param = requested_constraint(chat)
         if constraint is None:
             return None
+        check_size(next(iter(constraint.values())), param, self.config)
         self.check_constrainable()
-        from capmill.engines.grammars import grammar_for  # a bad schema or grammar is the client's 400, up front
-
-        try:
-            import llguidance
-
-            problem = llguidance.LLMatcher.validate_grammar(grammar_for(constraint))
-        except CapmillError as exc:
-            raise bad_request(str(exc), "response_format" if outputs is None else "structured_outputs") from exc
-        except Exception as exc:  # llguidance's own complaint about the schema
-            raise bad_request(f"cannot constrain to this schema: {exc}", "response_format") from exc
-        if problem:
-            raise bad_request(
-                f"{next(iter(constraint))}: {problem.strip()}", "structured_outputs" if outputs else "response_format"
-            )
+        await self.grammars.check(constraint, param)
         return constraint
 
 
-def _decoding(base: Request, chat: ChatCompletionRequest) -> Any:
-    """The profile's decoding with the client's sampling parameters on top."""
-    decoding = base.decoding
-    changes: dict[str, Any] = {
-        "max_new_tokens": chat.max_completion_tokens or chat.max_tokens,
-        "top_p": chat.top_p,
-        "top_k": chat.top_k,
-        "repetition_penalty": chat.repetition_penalty,
-        "seed": chat.seed,
-    }
-    if chat.temperature is not None:
-        if chat.temperature == 0:
-            changes["do_sample"] = False
-            decoding = decoding.model_copy(update={"temperature": None, "top_p": None, "top_k": None})
-        else:
-            changes.update(do_sample=True, temperature=chat.temperature)
-    if chat.stop:
-        stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop)
-        changes["stop"] = tuple(dict.fromkeys([*decoding.stop, *(s for s in stops if s)]))
-    return decoding.merged(**changes)
-
-
-def _render_messages(turns, base: Request, pil_images: list[Any]) -> list[dict[str, Any]]:  # noqa: ANN001
-    """The client's turns in the Hugging Face message form the profile's own Request uses.
-
-    Image blocks copy the shape of the profile's image block (some families carry the image inside it);
-    the profile's system prompt is kept when the client sends none (the JSON captioner's scaffold).
-    """
-    image_block: dict[str, Any] = {"type": "image"}
-    base_system = None
-    for message in base.messages:
-        if message.get("role") == "system" and base_system is None:
-            base_system = message
-        content = message.get("content")
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, dict) and block.get("type") == "image":
-                    image_block = block
-    out: list[dict[str, Any]] = []
-    if base_system is not None and not any(role == "system" for role, _ in turns):
-        out.append(base_system)
-    for role, parts in turns:
-        if role == "system" or role == "assistant":
-            out.append({"role": role, "content": "".join(v for k, v in parts if k == "text")})
-            continue
-        blocks: list[dict[str, Any]] = []
-        for kind, value in parts:
-            if kind == "text":
-                blocks.append({"type": "text", "text": value})
-            else:
-                block = dict(image_block)
-                if "image" in block:
-                    block["image"] = pil_images[value]
-                blocks.append(block)
-        out.append({"role": role, "content": blocks})
-    return out
+def check_request_limits(chat: ChatCompletionRequest, fields: dict[str, Any], config: ServeConfig) -> None:
+    """The limits on what a chat request asks for, each refused naming the limit (400 or 413)."""
+    max_new = chat.max_completion_tokens or chat.max_tokens
+    if max_new is not None and max_new > config.max_tokens_limit:
+        raise bad_request(
+            f"max_tokens {max_new} exceeds this server's limit of {config.max_tokens_limit} (max_tokens_limit)",
+            "max_tokens",
+        )
+    if len(chat.messages) > config.max_messages:
+        raise too_large(f"{len(chat.messages)} messages exceed the limit of {config.max_messages} (max_messages)")
+    chars = sum(
+        len(m.content) if isinstance(m.content, str) else sum(len(getattr(p, "text", "")) for p in m.content or [])
+        for m in chat.messages
+    )
+    if chars > config.max_text_chars:
+        raise too_large(
+            f"{chars} characters of text exceed the limit of {config.max_text_chars} (max_text_chars)", "messages"
+        )
+    stop = fields.get("stop")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > config.max_stop_sequences:
+        raise bad_request(
+            f"stop: {len(stops)} strings exceed the limit of {config.max_stop_sequences} (max_stop_sequences)", "stop"
+        )
+    for s in stops:
+        if len(s) > config.max_stop_chars:
+            raise bad_request(
+                f"stop: a string of {len(s)} characters exceeds the limit of {config.max_stop_chars} (max_stop_chars)",
+                "stop",
+            )
+    if chat.tools is not None:
+        check_size([t.model_dump(exclude_none=True) for t in chat.tools], "tools", config)
 
 
 def upload_item(data: bytes, filename: str | None, item_id: str | None) -> Item:
