@@ -42,7 +42,9 @@ def create_app(config: ServeConfig, captioner: Any | None = None) -> Any:
     from capmill.serve.service import CaptionService
 
     metrics = Metrics()
-    browse = BrowseService(config.browse_dir) if config.browse_dir else None  # a bad folder fails at once
+    browse = (
+        BrowseService(config.browse_dir, config.browse_roots) if config.browse_dir else None
+    )  # a bad folder fails at once
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -63,6 +65,8 @@ def create_app(config: ServeConfig, captioner: Any | None = None) -> Any:
                 await service.stop()
             if owned is not None:
                 owned.close()
+            if browse is not None:
+                browse.close()
 
     app = FastAPI(
         title="capmill",
