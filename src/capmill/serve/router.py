@@ -15,6 +15,7 @@ from capmill.errors import InputError
 from capmill.serve import limits
 from capmill.serve.guards import before_queue
 from capmill.serve.httperrors import HTTPProblem, bad_request, error_body, problem_for, validation_message
+from capmill.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from capmill.serve.protocol import (
     AssistantMessage,
     CaptionInfo,
@@ -79,7 +80,7 @@ async def healthz(request: Request) -> Health:
 @router.get("/metrics", response_class=PlainTextResponse, tags=["server"], responses={401: _ERRORS[401]})
 async def metrics(request: Request) -> PlainTextResponse:
     text = request.app.state.metrics.render()
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["openai"], responses={401: _ERRORS[401]})
