@@ -12,8 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from capmill.engines import row_sampling, streaming
 from capmill.engines.base import Engine, EngineOptions
 from capmill.engines.batch_invariant import make_batch_invariant
+from capmill.engines.bounded import LRUDict
 from capmill.engines.isolate import failed, run_isolating
 from capmill.engines.prefix_cache import (
     MIN_PREFIX,
@@ -29,6 +31,7 @@ from capmill.models.resolve import read_model_config, resolve_family
 from capmill.records import Decoding, Generation, Request
 
 log = logging.getLogger(__name__)
+STOP_CACHE_SIZE = 32  # stop matchers kept (each walks the vocabulary to build: ~65 ms for Qwen's)
 
 
 class TransformersEngine(Engine):
@@ -67,7 +70,7 @@ class TransformersEngine(Engine):
         )
         self._media_ids = _media_token_ids(self.processor, self.tokenizer)
         self._seen_stop_warning = False
-        self._stop_cache: dict[tuple[str, ...], Any] = {}
+        self._stop_cache: dict[tuple[str, ...], Any] = LRUDict(STOP_CACHE_SIZE)  # stop lists come from clients
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -140,9 +143,12 @@ class TransformersEngine(Engine):
             kwargs["past_key_values"] = self.prefixes.cache_for(
                 self.model, inputs["input_ids"][:1, :prefix], len(batch)
             )
-        clock = kwargs["streamer"] = _FirstTokenClock()
-        if decoding.seed is not None:
-            torch.manual_seed(decoding.seed)
+        clock = _FirstTokenClock()
+        # Hook (engines/streaming.py): listening rows get their text as it is generated; seeds live in the
+        # per-row generators of engines/row_sampling.py, so nothing reseeds the process here.
+        kwargs["streamer"] = streaming.row_streamer(
+            clock, batch, inputs["input_ids"].shape[1], lambda ids: self.family.decode(self.processor, ids)
+        )
         merge = not prefix and self._merge_ok(inputs, singles, batch, decoding)
         with torch.inference_mode():
             if merge:  # padded, but the rows share a long prefix: rows from the prefix, then one batched decode
@@ -273,7 +279,10 @@ class TransformersEngine(Engine):
                 eos_token_id=self.model.generation_config.eos_token_id,
             )
             kwargs["logits_processor"] = LogitsProcessorList([processor])
-        return kwargs
+        # Hook (engines/row_sampling.py, engines/streaming.py): one random generator per row, and rows whose
+        # caller has gone stop at the next step.
+        kwargs = row_sampling.per_row(kwargs, batch, self.model.generation_config)
+        return streaming.add_cancellation(kwargs, batch)
 
     def _stop_criteria(self, stop: tuple[str, ...]) -> Any:
         """transformers' StopStringCriteria (what `generate(stop_strings=...)` builds), built once per stop list:

@@ -54,8 +54,8 @@ class Metrics:
         )  # fmt: skip
         self.streams = Gauge("capmill_streams_open", "Streaming answers being sent now.", registry=registry)
         self.cancelled = Counter(
-            "capmill_rows_cancelled", "Rows stopped inside a running batch because their client left.",
-            registry=registry,
+            "capmill_cancelled", "Requests cancelled after queueing (off the queue, or their row out of its batch).",
+            ["reason"], registry=registry,
         )  # fmt: skip
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
 import time
 from typing import Any
 
@@ -26,6 +26,7 @@ from capmill.serve.protocol import (
     ChatCompletionRequest,
     Choice,
     ChunkChoice,
+    ChunkInfo,
     Delta,
     ErrorResponse,
     Health,
@@ -33,7 +34,7 @@ from capmill.serve.protocol import (
     ModelList,
     Usage,
 )
-from capmill.serve.service import CaptionService, PreparedChat, text_item, upload_item
+from capmill.serve.service import CaptionService, PreparedChat, Ticket, text_item, upload_item
 
 router = APIRouter()
 
@@ -108,16 +109,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     service = service_of(request)
     async with before_queue(request.scope):
         prepared = await service.prepare_chat(body)
-    future = service.batcher.submit(prepared.request)  # a full queue answers 503 here, before any stream starts
+    ticket = service.submit(prepared.request, stream=body.stream)  # a full queue answers 503 here, before a stream
     _queued(request)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse(service, prepared, future, include_usage),
+            _sse(service, prepared, ticket, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    generation = await service.wait(future)
+    generation = await service.wait(ticket, request.receive)
     if generation.error:
         raise HTTPProblem(502, f"generation failed: {generation.error}", code="generation_failed")
     record = service.read(prepared, generation)
@@ -162,35 +163,65 @@ def _info(record) -> CaptionInfo | None:  # noqa: ANN001
     return CaptionInfo(status=record.status, caption=record.caption, structured=record.structured, notes=record.notes)
 
 
-async def _sse(service: CaptionService, prepared: PreparedChat, future, include_usage: bool):  # noqa: ANN001
-    """OpenAI's chunk stream. The role chunk goes out at once; the text follows when the engine batch holding
-    this request finishes (the engine returns whole generations), in word-sized deltas."""
+async def _sse(service: CaptionService, prepared: PreparedChat, ticket: Ticket, include_usage: bool):  # noqa: ANN001
+    """OpenAI's chunk stream: the role chunk at once, then the text as the engine generates it (every row of a
+    batch streams), then the finish reason. Each chunk's `capmill.tokens` says how many tokens existed when it
+    was cut. A client that goes away cancels its row (Starlette cancels this generator)."""
 
-    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True) -> str:
+    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, tokens: int | None = None) -> str:
         body = ChatCompletionChunk(
             id=prepared.id,
             created=prepared.created,
             model=prepared.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else [],
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if usage is None else [],
             usage=usage,
+            capmill=ChunkInfo(tokens=tokens) if tokens is not None else None,
         )
         return f"data: {body.model_dump_json(exclude_none=False)}\n\n"
 
-    yield chunk(Delta(role="assistant", content=""))
+    metrics = service.metrics
+    metrics.streams.inc()
+    first, waiter = True, None
     try:
-        generation = await service.wait(future)
-        if generation.error:
-            raise HTTPProblem(502, f"generation failed: {generation.error}", code="generation_failed")
-    except Exception as exc:
-        yield f"data: {json.dumps(error_body(problem_for(exc)))}\n\n"
+        yield chunk(Delta(role="assistant", content=""))
+        waiter = asyncio.ensure_future(service.wait(ticket))
+        deltas = ticket.deltas
+        assert deltas is not None
+        while not waiter.done() or not deltas.empty():
+            getter = asyncio.ensure_future(deltas.get())
+            await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            text, tokens = getter.result()
+            if first:
+                metrics.first_token.observe(time.perf_counter() - ticket.queued_at)
+                first = False
+            yield chunk(Delta(content=text), tokens=tokens)
+        try:
+            generation = waiter.result()
+            if generation.error:
+                raise HTTPProblem(502, f"generation failed: {generation.error}", code="generation_failed")
+        except Exception as exc:
+            yield f"data: {json.dumps(error_body(problem_for(exc)))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        rest = ticket.control.rest(generation.text)
+        if rest:
+            yield chunk(Delta(content=rest), tokens=generation.completion_tokens)
+        yield chunk(Delta(), finish=generation.finish_reason, tokens=generation.completion_tokens)
+        if include_usage:
+            yield chunk(Delta(), usage=_usage(generation))
         yield "data: [DONE]\n\n"
-        return
-    for piece in re.findall(r"\s*\S+|\s+$", generation.text):
-        yield chunk(Delta(content=piece))
-    yield chunk(Delta(), finish=generation.finish_reason)
-    if include_usage:
-        yield chunk(Delta(), usage=_usage(generation), choices=False)
-    yield "data: [DONE]\n\n"
+    finally:
+        metrics.streams.dec()
+        if not ticket.future.done():  # the client left mid-stream: stop its row
+            ticket.gone = True
+            service.cancel(ticket, "disconnect")
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+            waiter.add_done_callback(lambda t: t.cancelled() or t.exception())
+        service.release(ticket)
 
 
 @router.post(
@@ -205,7 +236,8 @@ async def captions(request: Request) -> Any:
     async with before_queue(request.scope):
         item, mode, constrained = await _caption_input(request, service)
     started = time.perf_counter()
-    record = await service.caption(item, mode, request.scope.get("capmill.arrival"), constrained, request.scope)
+    arrival = request.scope.get("capmill.arrival")
+    record = await service.caption(item, mode, arrival, constrained, request.scope, request.receive)
     record.timings.setdefault("server_s", time.perf_counter() - started)
     return JSONResponse(record.to_dict())
 

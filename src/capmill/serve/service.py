@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from capmill.engines import streaming
 from capmill.engines.isolate import run_isolating
 from capmill.engines.openai_messages import chat_turns, decoding_from_fields, hf_messages
 from capmill.errors import InputError, UnknownNameError
@@ -26,6 +27,18 @@ from capmill.serve.guards import before_queue
 from capmill.serve.httperrors import HTTPProblem, bad_request, too_large
 from capmill.serve.metrics import Metrics
 from capmill.serve.protocol import ChatCompletionRequest
+
+
+@dataclass
+class Ticket:
+    """A queued request: its future, its control inside the engine, and its text as generated (streaming)."""
+
+    request: Request
+    future: asyncio.Future
+    control: streaming.RowControl
+    deltas: asyncio.Queue | None
+    queued_at: float
+    gone: bool = False  # the client disconnected
 
 
 @dataclass
@@ -117,17 +130,69 @@ class CaptionService:
         return await asyncio.to_thread(self.captioner.prepare, item, mode)
 
     async def generate(self, request: Request) -> Generation:
-        future = self.batcher.submit(request)
-        return await self.wait(future)
+        return await self.wait(self.submit(request))
 
-    async def wait(self, future: asyncio.Future) -> Generation:
+    def submit(self, request: Request, stream: bool = False) -> Ticket:
+        """Queue a request with a control attached (its text as generated when `stream`, and a cancel switch)."""
+        deltas: asyncio.Queue | None = asyncio.Queue() if stream else None
+        on_delta = None
+        if deltas is not None:
+            loop = asyncio.get_running_loop()
+
+            def on_delta(text: str, tokens: int) -> None:  # on the engine thread
+                loop.call_soon_threadsafe(deltas.put_nowait, (text, tokens))
+
+        control = streaming.RowControl(on_delta)
+        streaming.attach(request, control)
         try:
-            return await asyncio.wait_for(future, self.config.request_timeout_s)
+            future = self.batcher.submit(request)
+        except BaseException:
+            streaming.detach(request)
+            raise
+        return Ticket(request, future, control, deltas, time.perf_counter())
+
+    async def wait(self, ticket: Ticket, receive: Any = None) -> Generation:
+        """The Generation, within the request timeout (504). With `receive` (the ASGI channel, body already read),
+        a client that disconnects cancels its request: off the queue, or out of its running batch at the next
+        token (answered 499, which nobody reads)."""
+        watcher = asyncio.create_task(self._watch(receive, ticket)) if receive is not None else None
+        try:
+            return await asyncio.wait_for(ticket.future, self.config.request_timeout_s)
         except (asyncio.TimeoutError, TimeoutError) as exc:
+            self.cancel(ticket, "timeout")
             self.metrics.reject("timeout")
             raise HTTPProblem(
                 504, f"generation did not finish within {self.config.request_timeout_s:g} s", code="timeout"
             ) from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if ticket.gone and not (task is not None and task.cancelling()):
+                raise HTTPProblem(499, "the client closed the connection", code="client_closed") from None
+            self.cancel(ticket, "cancelled")
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self.release(ticket)
+
+    async def _watch(self, receive: Any, ticket: Ticket) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                ticket.gone = True
+                self.cancel(ticket, "disconnect")
+                return
+
+    def cancel(self, ticket: Ticket, reason: str) -> None:
+        """Stop a request wherever it is: off the queue, or its row at the next step of its batch."""
+        if ticket.future.done():
+            return
+        ticket.control.cancelled = True
+        ticket.future.cancel()
+        self.metrics.cancelled.labels(reason).inc()
+
+    def release(self, ticket: Ticket) -> None:
+        streaming.detach(ticket.request)
 
     def finish(self, item: Item, request: Request, generation: Generation, mode: str | None = None) -> Record:
         captioner = self._views.get(mode or "", self.captioner)
@@ -173,6 +238,7 @@ class CaptionService:
         arrival: Any = None,
         constrained: bool | None = None,
         scope: dict[str, Any] | None = None,
+        receive: Any = None,
     ) -> Record:
         """Caption one item; `arrival` (from the EarlyArrivals middleware) is closed once it is queued, and the
         preparation counts against the receive deadline kept in `scope`."""
@@ -181,10 +247,10 @@ class CaptionService:
             request = await self.prepare(item, mode)
         if constrained if constrained is not None else (self.config.constrained and self.profile.output == "tool_call"):
             request.constraint = self.tool_constraint(request)
-        future = self.batcher.submit(request)
+        ticket = self.submit(request)
         if arrival is not None:
             arrival.done()
-        generation = await self.wait(future)
+        generation = await self.wait(ticket, receive)
         return self.finish(item, request, generation, mode)
 
     # ---------------------------------------------------------------- /v1/chat/completions
