@@ -181,7 +181,7 @@ async def _sse(service: CaptionService, prepared: PreparedChat, ticket: Ticket, 
 
     metrics = service.metrics
     metrics.streams.inc()
-    first, waiter = True, None
+    first, waiter, getter = True, None, None
     try:
         yield chunk(Delta(role="assistant", content=""))
         waiter = asyncio.ensure_future(service.wait(ticket))
@@ -192,6 +192,7 @@ async def _sse(service: CaptionService, prepared: PreparedChat, ticket: Ticket, 
             await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()
+                getter = None
                 continue
             text, tokens = getter.result()
             if first:
@@ -218,6 +219,8 @@ async def _sse(service: CaptionService, prepared: PreparedChat, ticket: Ticket, 
         if not ticket.future.done():  # the client left mid-stream: stop its row
             ticket.gone = True
             service.cancel(ticket, "disconnect")
+        if getter is not None and not getter.done():
+            getter.cancel()
         if waiter is not None and not waiter.done():
             waiter.cancel()
             waiter.add_done_callback(lambda t: t.cancelled() or t.exception())
