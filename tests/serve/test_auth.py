@@ -102,3 +102,11 @@ def test_login_sets_an_httponly_session_cookie(locked):  # noqa: ANN001
     assert httpx.get(f"{locked.url}/v1/models", cookies={"capmill_session": value}).status_code == 200
     out = httpx.post(f"{locked.url}/auth/logout", cookies={"capmill_session": value})
     assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
+
+
+def test_a_session_of_one_key_does_not_open_a_server_with_another(captioner):  # noqa: ANN001
+    with serve(captioner, api_key="another-key") as other:
+        stale = {"capmill_session": session_token(KEY)}
+        assert httpx.get(f"{other.url}/v1/models", cookies=stale).status_code == 401
+        fresh = {"capmill_session": session_token("another-key")}
+        assert httpx.get(f"{other.url}/v1/models", cookies=fresh).status_code == 200

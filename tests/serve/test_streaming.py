@@ -166,3 +166,31 @@ def test_a_streaming_client_that_leaves_is_cancelled(server):  # noqa: ANN001
     assert answer.status_code == 200
     alone = httpx.post(f"{server.url}{CHAT}", json=_chat(SAME_SIZE[1], max_tokens=48), timeout=60)
     assert answer.json()["choices"][0]["message"]["content"] == alone.json()["choices"][0]["message"]["content"]
+
+
+def test_a_waiting_client_that_leaves_is_cancelled(server):  # noqa: ANN001
+    """Not streaming: the server notices the closed connection while the request waits for its batch."""
+    import socket
+
+    def cancelled() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        found = re.search(r'^capmill_cancelled_total\{reason="disconnect"\} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    server.idle()
+    before = cancelled()
+    body = json.dumps(_chat(SAME_SIZE[0], max_tokens=64)).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = (
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        deadline = time.monotonic() + 30
+        while not server.app.state.service.batcher._in_flight and time.monotonic() < deadline:
+            time.sleep(0.005)  # leave once its batch is running
+    deadline = time.monotonic() + 30
+    while cancelled() <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled() == before + 1
+    server.idle()
