@@ -77,11 +77,11 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=2000)
     ap.add_argument("--large", type=int, default=50000)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="capmill-browse-mem-"))
     rows = {}
-    for n in (args.small, args.large):
-        write_run(root / f"run{n}", n)
-        rows[n] = {mode: measure(root / f"run{n}", mode) for mode in ("paged", "held")}
+    with tempfile.TemporaryDirectory(prefix="capmill-browse-mem-") as tmp:
+        for n in (args.small, args.large):
+            write_run(Path(tmp) / f"run{n}", n)
+            rows[n] = {mode: measure(Path(tmp) / f"run{n}", mode) for mode in ("paged", "held")}
     print(f"{'records':>8} | {'paged from shards':>18} | {'all held as dicts':>18}")
     for n, got in rows.items():
         print(f"{n:>8} | {got['paged']['growth_mib']:>14.1f} MiB | {got['held']['growth_mib']:>14.1f} MiB")

@@ -248,7 +248,8 @@ def main() -> int:
 
     from capmill.testing import build_tiny_model
 
-    model = build_tiny_model("qwen2_vl", Path(tempfile.mkdtemp(prefix="capmill-load-")))
+    workdir = tempfile.TemporaryDirectory(prefix="capmill-load-")
+    model = build_tiny_model("qwen2_vl", Path(workdir.name))
     port, max_body_mb = free_port(), 2.0
     proc = start_server(model, port, max_body_mb, receive_timeout=3.0)
     base = f"http://127.0.0.1:{port}"
@@ -279,6 +280,7 @@ def main() -> int:
         stop = True
         proc.terminate()
         proc.wait(timeout=60)
+        workdir.cleanup()
     peak = max(rss for t, rss in samples if t >= measured_from)
     mib = 1024 * 1024
     print(f"model: tiny random-weight Qwen2-VL, profile {PROFILE}, {args.workers} clients, {args.seconds:g} s")
