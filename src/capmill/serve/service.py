@@ -259,7 +259,7 @@ class CaptionService:
         """OpenAI messages -> one engine Request: the client's messages, rendered the profile's way."""
         model = self.check_model(chat.model)
         fields = chat.model_dump(exclude={"messages"})
-        check_request_limits(chat, fields, self.config)
+        limits.check_request_limits(chat, fields, self.config)
         turns = chat_turns([m.model_dump() for m in chat.messages])
         images: list[bytes] = []
         for m, (role, parts) in enumerate(turns):
@@ -338,40 +338,6 @@ class CaptionService:
         self.check_constrainable()
         await self.grammars.check(constraint, param)
         return constraint
-
-
-def check_request_limits(chat: ChatCompletionRequest, fields: dict[str, Any], config: ServeConfig) -> None:
-    """The limits on what a chat request asks for, each refused naming the limit (400 or 413)."""
-    max_new = chat.max_completion_tokens or chat.max_tokens
-    if max_new is not None and max_new > config.max_tokens_limit:
-        raise bad_request(
-            f"max_tokens {max_new} exceeds this server's limit of {config.max_tokens_limit} (max_tokens_limit)",
-            "max_tokens",
-        )
-    if len(chat.messages) > config.max_messages:
-        raise too_large(f"{len(chat.messages)} messages exceed the limit of {config.max_messages} (max_messages)")
-    chars = sum(
-        len(m.content) if isinstance(m.content, str) else sum(len(getattr(p, "text", "")) for p in m.content or [])
-        for m in chat.messages
-    )
-    if chars > config.max_text_chars:
-        raise too_large(
-            f"{chars} characters of text exceed the limit of {config.max_text_chars} (max_text_chars)", "messages"
-        )
-    stop = fields.get("stop")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(stops) > config.max_stop_sequences:
-        raise bad_request(
-            f"stop: {len(stops)} strings exceed the limit of {config.max_stop_sequences} (max_stop_sequences)", "stop"
-        )
-    for s in stops:
-        if len(s) > config.max_stop_chars:
-            raise bad_request(
-                f"stop: a string of {len(s)} characters exceeds the limit of {config.max_stop_chars} (max_stop_chars)",
-                "stop",
-            )
-    if chat.tools is not None:
-        check_size([t.model_dump(exclude_none=True) for t in chat.tools], "tools", config)
 
 
 def upload_item(data: bytes, filename: str | None, item_id: str | None) -> Item:
