@@ -283,12 +283,12 @@ def test_tiny_qwen3_5_constrained_outputs_always_parse(captioner, coco_photos):
 
     photos = coco_photos[:4]
     seen, free_ok = set(), 0
-    for seed in (1, 2):
+    for seed in (1, 2, 3):
         decoding = captioner.decoding.merged(seed=seed)
         tool = _requests(captioner, photos, {"tool_call": EMIT_CAPTION_TOOL})
         bounded = _requests(captioner, photos[:2], {"json_schema": BOUNDED})
-        for r in tool + bounded:
-            r.decoding = decoding
+        for k, r in enumerate(tool + bounded):  # each row samples from its own seed's generator
+            r.decoding = decoding.merged(seed=seed * 100 + k)
         gens = captioner.generate(tool + bounded)
         for g in gens[: len(tool)]:
             assert g.error is None
@@ -297,8 +297,8 @@ def test_tiny_qwen3_5_constrained_outputs_always_parse(captioner, coco_photos):
             _check_bounded(g.text)
     assert len(seen) >= 3, "the outputs hardly vary: the test would not catch much"
     free = _requests(captioner, photos[:2], None)
-    for r in free:
-        r.decoding = Decoding(**{**captioner.decoding.model_dump(), "seed": 1, "max_new_tokens": 40})
+    for k, r in enumerate(free):
+        r.decoding = Decoding(**{**captioner.decoding.model_dump(), "seed": 1 + k, "max_new_tokens": 40})
     for g in captioner.generate(free):
         free_ok += parse_tool_call(g.text).status == "ok"
     assert free_ok == 0  # the same model unconstrained writes no valid call

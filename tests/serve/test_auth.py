@@ -7,6 +7,8 @@ import pytest
 from openai import AuthenticationError, OpenAI
 from serve_helpers import SERVE_PROFILE, serve
 
+from capmill.serve.auth import session_token
+
 KEY = "s3cret-key"
 
 
@@ -51,7 +53,7 @@ def test_every_route_but_healthz_needs_the_key(locked):  # noqa: ANN001
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}, {"Cookie": f"capmill_key={KEY}"}],
+    [{"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}, {"Cookie": f"capmill_session={session_token(KEY)}"}],
     ids=["bearer", "x-api-key", "cookie"],
 )
 def test_the_key_opens_every_way(locked, headers):  # noqa: ANN001
@@ -61,7 +63,12 @@ def test_the_key_opens_every_way(locked, headers):  # noqa: ANN001
 
 
 def test_wrong_key_and_key_in_wrong_place(locked):  # noqa: ANN001
-    for headers in ({"Authorization": "Bearer nope"}, {"Authorization": KEY}, {"Cookie": "capmill_key=nope"}):
+    for headers in (
+        {"Authorization": "Bearer nope"},
+        {"Authorization": KEY},
+        {"Cookie": "capmill_session=nope"},
+        {"Cookie": f"capmill_key={KEY}"},
+    ):
         response = httpx.get(f"{locked.url}/v1/models", headers=headers)
         assert response.status_code == 401
         assert response.json()["error"]["type"] == "authentication_error"
@@ -80,4 +87,26 @@ def test_openai_client(locked, photo_bytes):  # noqa: ANN001
 
 def test_browser_gets_a_key_form(locked):  # noqa: ANN001
     page = httpx.get(f"{locked.url}/", headers={"Accept": "text/html"})
-    assert page.status_code == 401 and "API key needed" in page.text and "capmill_key" in page.text
+    assert page.status_code == 401 and "API key needed" in page.text and 'action="/auth/login"' in page.text
+
+
+def test_login_sets_an_httponly_session_cookie(locked):  # noqa: ANN001
+    wrong = httpx.post(f"{locked.url}/auth/login", data={"key": "nope"})
+    assert wrong.status_code == 401 and "not right" in wrong.text and "set-cookie" not in wrong.headers
+    right = httpx.post(f"{locked.url}/auth/login", data={"key": KEY})
+    assert right.status_code == 303 and right.headers["location"] == "/"
+    cookie = right.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert KEY not in cookie  # the cookie holds a token derived from the key, not the key
+    value = cookie.split(";")[0].split("=", 1)[1]
+    assert httpx.get(f"{locked.url}/v1/models", cookies={"capmill_session": value}).status_code == 200
+    out = httpx.post(f"{locked.url}/auth/logout", cookies={"capmill_session": value})
+    assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
+
+
+def test_a_session_of_one_key_does_not_open_a_server_with_another(captioner):  # noqa: ANN001
+    with serve(captioner, api_key="another-key") as other:
+        stale = {"capmill_session": session_token(KEY)}
+        assert httpx.get(f"{other.url}/v1/models", cookies=stale).status_code == 401
+        fresh = {"capmill_session": session_token("another-key")}
+        assert httpx.get(f"{other.url}/v1/models", cookies=fresh).status_code == 200

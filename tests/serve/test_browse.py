@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -100,3 +101,90 @@ def test_bad_browse_folder_fails_at_once(tmp_path):  # noqa: ANN001
 
     with pytest.raises(ConfigError, match="not a folder"):
         create_app(ServeConfig(browse_dir=tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- only the run's own files
+
+
+@pytest.fixture(scope="module")
+def manifest_run(captioner, photos, tmp_path_factory):  # noqa: ANN001
+    """A real run over a JSON-lines manifest naming one image beside it and one in an unrelated folder."""
+    from capmill.run.local import CaptionJob, LocalRunner
+    from capmill.run.pipeline import PipelineOptions
+    from conftest import _Shared
+
+    inputs = tmp_path_factory.mktemp("manifest-inputs")
+    elsewhere = tmp_path_factory.mktemp("not-an-input")
+    (inputs / "inside.jpg").write_bytes(photos[0].read_bytes())
+    (elsewhere / "secret.jpg").write_bytes(photos[1].read_bytes())
+    manifest = inputs / "list.jsonl"
+    manifest.write_text(
+        json.dumps({"path": str(inputs / "inside.jpg")}) + "\n" + json.dumps({"path": str(elsewhere / "secret.jpg")})
+    )
+    run = tmp_path_factory.mktemp("manifest-run")
+    job = CaptionJob(
+        inputs=[str(manifest)],
+        make_captioner=lambda: _Shared(captioner),
+        run_dir=str(run),
+        pipeline=PipelineOptions(workers=0, batch_size=8),
+        progress=False,
+    )
+    LocalRunner(job).run()
+    return run, elsewhere
+
+
+def test_files_outside_the_runs_inputs_are_not_served(captioner, manifest_run):  # noqa: ANN001
+    from serve_helpers import serve
+
+    run, elsewhere = manifest_run
+    with serve(captioner, browse_dir=run) as s:
+        records = httpx.get(f"{s.url}/browse/records").json()["records"]
+        by_name = {r["source"].rsplit("/", 1)[-1]: quote(r["id"], safe="") for r in records}
+        assert set(by_name) == {"inside.jpg", "secret.jpg"}  # both were captioned: the model read both
+        assert httpx.get(f"{s.url}/browse/image/{by_name['inside.jpg']}").status_code == 200
+        assert httpx.get(f"{s.url}/browse/thumb/{by_name['inside.jpg']}").status_code == 200
+        assert httpx.get(f"{s.url}/browse/image/{by_name['secret.jpg']}").status_code == 404
+        assert httpx.get(f"{s.url}/browse/thumb/{by_name['secret.jpg']}").status_code == 404
+    with serve(captioner, browse_dir=run, browse_roots=[elsewhere]) as s:  # --browse-root names it
+        assert httpx.get(f"{s.url}/browse/image/{by_name['secret.jpg']}").status_code == 200
+
+
+def test_pages_come_from_the_shards_and_new_shards_appear(tmp_path):  # noqa: ANN001
+    """A run of several shards (JSON lines and Parquet) pages in run order, finds by id, and picks up a shard
+    committed after the browser started, without re-reading the ones it has."""
+    from capmill.run.runfolder import RunFolder, read_records
+    from capmill.serve.browse import BrowseService
+    from record_samples import records
+
+    def write(fmt: str, start: int, n: int) -> None:
+        folder = RunFolder(str(tmp_path / fmt), {"profile": "x"}, fmt=fmt, shard_size=4)
+        for k, record in enumerate(records(n)):
+            record.id = f"r{start + k:03d}"
+            record.status = "error" if (start + k) % 5 == 0 else "ok"
+            folder.add(record)
+        folder.close()
+        folder.release()
+
+    for fmt in ("jsonl", "parquet"):
+        write(fmt, 0, 10)
+        browse = BrowseService(tmp_path / fmt)
+        try:
+            expected = [r.id for r in read_records(str(tmp_path / fmt))]
+            pages = [browse.query(offset=o, limit=3)["records"] for o in range(0, 12, 3)]
+            assert [r["id"] for page in pages for r in page] == expected
+            errors = browse.query(status="error")
+            assert [r["id"] for r in errors["records"]] == ["r000", "r005"] and errors["counts"]["ok"] == 8
+            assert browse.get("r007")["caption"] == next(
+                r.caption for r in read_records(str(tmp_path / fmt)) if r.id == "r007"
+            )
+            assert browse.query(q="R00")["matched"] == 10
+            write(fmt, 10, 5)  # the run goes on: two more shards
+            browse.load(force=True)
+            assert browse.query()["total"] == 15 and browse.get("r014") is not None
+            browse.save_edit("r003", "edited by hand")
+            assert [r["id"] for r in browse.query(status="edited")["records"]] == ["r003"]
+            assert browse.query(q="by hand")["matched"] == 1
+            exported = [json.loads(line) for line in browse.export()]
+            assert len(exported) == 15 and next(r for r in exported if r["id"] == "r003")["edited"] is True
+        finally:
+            browse.close()

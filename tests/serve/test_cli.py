@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -67,3 +68,50 @@ def test_a_real_process_serves_a_run_folder(run_dir):  # noqa: ANN001
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_exposed_host_without_a_key_refuses_to_start(run_dir, capsys):  # noqa: ANN001
+    env_key = os.environ.pop("CAPMILL_API_KEY", None)
+    try:
+        assert main(["serve", "--browse", str(run_dir), "--host", "0.0.0.0"]) == 2
+        err = capsys.readouterr().err
+        assert "--api-key" in err and "--insecure" in err
+    finally:
+        if env_key is not None:
+            os.environ["CAPMILL_API_KEY"] = env_key
+
+
+def test_insecure_starts_with_a_warning(run_dir):  # noqa: ANN001
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "capmill", "serve", "--browse", str(run_dir), "--host", "0.0.0.0", "--insecure",
+           "--port", str(port)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "CAPMILL_API_KEY"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"capmill serve did not start: {proc.stdout.read().decode()[-2000:]}")
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "WITHOUT an API key" in out
+
+
+def test_limit_option_sets_a_named_limit():
+    from capmill.cli.serve import config_from_args
+    from capmill.errors import ConfigError
+
+    args = build_parser().parse_args(["serve", "--model", "m", "--limit", "max_stop_sequences=2",
+                                      "--allow-url-host", "img.example.com", "--browse-root", "/data"])  # fmt: skip
+    config = config_from_args(args)
+    assert config.max_stop_sequences == 2 and config.url_allow_hosts == ["img.example.com"]
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        config_from_args(build_parser().parse_args(["serve", "--model", "m", "--limit", "api_key=x"]))

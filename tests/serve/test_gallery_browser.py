@@ -158,9 +158,16 @@ def test_gallery_behind_an_api_key(page, captioner, photos):  # noqa: ANN001
     with serve(captioner, api_key="open-sesame") as locked:
         response = page.goto(locked.url + "/")
         assert response.status == 401 and "API key needed" in page.content()
+        page.fill("#k", "wrong")
+        page.click("button[type=submit]")
+        page.wait_for_selector(".wrong")
         page.fill("#k", "open-sesame")
         page.click("button[type=submit]")
         page.wait_for_selector("body[data-ready='1']")
+        cookies = page.context.cookies()
+        session = next(c for c in cookies if c["name"] == "capmill_session")
+        assert session["httpOnly"] and session["sameSite"] == "Strict" and "open-sesame" not in session["value"]
+        assert page.evaluate("document.cookie") == ""  # the page's scripts cannot read it
         page.set_input_files("#file-input", [str(photos[5])])
         page.wait_for_selector("#upload-grid .card[data-status='ok']")
         shot(page, "gallery-after-key")

@@ -166,9 +166,16 @@ def test_healthz_and_metrics(server):  # noqa: ANN001
     assert health["status"] == "ok" and health["model"] == SERVE_PROFILE
     text = httpx.get(f"{server.url}/metrics").text
     for name in ("capmill_requests_total", "capmill_request_seconds_bucket", "capmill_batch_size_bucket",
-                 "capmill_queue_depth", "capmill_tokens_total"):  # fmt: skip
+                 "capmill_queue_depth", "capmill_tokens_total", "capmill_in_flight", "capmill_batch_seconds_bucket",
+                 "capmill_time_to_first_token_seconds_bucket", "capmill_streams_open",
+                 "process_resident_memory_bytes", "process_cpu_seconds_total", "python_gc_collections_total"):  # fmt: skip
         assert name in text
-    assert re.search(r'capmill_requests_total\{route="/v1/chat/completions",method="POST",status="200"\} [1-9]', text)
+    assert re.search(r'capmill_requests_total\{method="POST",route="/v1/chat/completions",status="200"\} [1-9]', text)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # the official parser reads it
+    tokens = {s.labels["kind"]: s.value for s in families["capmill_tokens"].samples if s.name.endswith("_total")}
+    assert tokens["prompt"] > 0 and tokens["completion"] > 0
 
 
 def test_capmill_openai_engine_against_capmill_serve(server, captioner, tiny_qwen2_vl, photos):  # noqa: ANN001

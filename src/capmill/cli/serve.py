@@ -31,6 +31,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-url-images", action="store_true", help="fetch http(s) image_url values")
     parser.add_argument("--allow-private-urls", action="store_true",
                         help="with --allow-url-images: also fetch from loopback and private addresses")  # fmt: skip
+    parser.add_argument("--allow-url-host", action="append", default=[], metavar="HOST",
+                        help="with --allow-url-images: fetch only from these hosts (name, *.domain or CIDR), "
+                             "wherever they resolve (repeatable)")  # fmt: skip
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --host without --api-key (anyone who reaches it may use it)")  # fmt: skip
+    parser.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                        help="set another server limit, e.g. max_stop_sequences=16 (docs/serve.md lists them)")  # fmt: skip
+    parser.add_argument("--browse-root", action="append", default=[], type=Path, metavar="DIR",
+                        help="with --browse: also show images under DIR (default: the run's input folders)")  # fmt: skip
     parser.add_argument("--constrained", action="store_true",
                         help="tool-call profiles (json-captioner): hold /v1/captions output to the tool's schema")  # fmt: skip
     parser.add_argument("--browse", type=Path, metavar="RUN_DIR", help="show this run folder's results in the gallery")
@@ -55,7 +64,13 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
         options["engine_options"] = engine_options
     if args.max_new_tokens:
         options["decoding"] = {"max_new_tokens": args.max_new_tokens}
-    return ServeConfig(
+    extra = {}
+    for spec in getattr(args, "limit", []):
+        name, sep, value = spec.partition("=")
+        if not sep or name not in LIMIT_NAMES:
+            raise ConfigError(f"--limit {spec}: expected NAME=VALUE with NAME one of {', '.join(LIMIT_NAMES)}")
+        extra[name] = value
+    config = ServeConfig(
         model=args.model,
         profile=args.profile,
         engine=args.engine,
@@ -76,7 +91,26 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
         allow_private_urls=args.allow_private_urls,
         constrained=args.constrained,
         browse_dir=args.browse,
+        browse_roots=getattr(args, "browse_root", []),
+        url_allow_hosts=getattr(args, "allow_url_host", []),
+        insecure=getattr(args, "insecure", False),
     )
+    return ServeConfig.model_validate({**config.model_dump(), **extra}) if extra else config
+
+
+LIMIT_NAMES = (
+    "max_messages",
+    "max_text_chars",
+    "max_stop_sequences",
+    "max_stop_chars",
+    "max_grammar_bytes",
+    "grammar_timeout_s",
+    "grammar_cache_size",
+    "receive_timeout_s",
+    "max_inflight_per_client",
+    "max_images_per_request",
+    "url_timeout_s",
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +128,32 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ValidationError as exc:
         raise ConfigError(f"bad serve option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+    check_exposure(config)
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
     return 0
+
+
+def check_exposure(config) -> None:  # noqa: ANN001
+    """Refuse to listen beyond this machine without an API key, unless told --insecure."""
+    import ipaddress
+    import logging
+
+    from capmill.errors import ConfigError
+
+    host = config.host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or config.api_key:
+        return
+    if not config.insecure:
+        raise ConfigError(
+            f"--host {config.host} accepts connections from other machines, and no --api-key is set: anyone who "
+            "reaches it could use the model and the gallery. Set --api-key KEY (or $CAPMILL_API_KEY), or pass "
+            "--insecure to serve without one"
+        )
+    logging.getLogger("capmill.serve").warning(
+        "serving on %s WITHOUT an API key (--insecure): anyone who reaches it may use it", config.host
+    )

@@ -1,6 +1,9 @@
-"""Requests in the OpenAI chat wire format: media as data URIs, tools, constraints, decoding, tool calls back to text.
+"""capmill Requests <-> the OpenAI chat wire format, both ways, in one place.
 
-Shared by the OpenAI-compatible HTTP engine and the vLLM engine (whose `LLM.chat` path takes the same shape).
+capmill -> OpenAI: media as data URIs, tools, constraints, decoding, tool calls back to text (the OpenAI-compatible
+HTTP engine and the vLLM engine, whose `LLM.chat` takes the same shape). OpenAI -> capmill: chat messages to
+turns and Hugging Face messages, request fields to a Decoding (the server).
+
 Images are PNG by default: lossless, so a server decodes exactly the pixels the transformers engine sees.
 """
 
@@ -156,3 +159,93 @@ def tool_calls_to_text(tool_calls: list[dict[str, Any]]) -> str:
             args = json.loads(args) if args.strip() else {}
         blocks.append(render_arguments(str(function.get("name")), args))
     return "\n".join(blocks)
+
+
+# ---------------------------------------------------------------- the other way: OpenAI chat -> capmill
+
+Turn = tuple[str, list[tuple[str, Any]]]  # role, [("text", str) | ("image_url", url) | ("image", index)]
+
+
+def chat_turns(messages: list[dict[str, Any]]) -> list[Turn]:
+    """OpenAI chat messages (as dicts) -> turns of text and `image_url` parts; `developer` is `system`."""
+    turns: list[Turn] = []
+    for message in messages:
+        content = message.get("content")
+        parts: list[tuple[str, Any]] = []
+        if isinstance(content, str):
+            parts.append(("text", content))
+        elif content:
+            for part in content:
+                if part.get("type") == "text":
+                    parts.append(("text", part.get("text") or ""))
+                elif part.get("type") == "image_url":
+                    url = part.get("image_url")
+                    parts.append(("image_url", url.get("url") if isinstance(url, dict) else url))
+                else:
+                    raise ValueError(f"unsupported content part type {part.get('type')!r}")
+        role = message.get("role", "user")
+        turns.append(("system" if role == "developer" else role, parts))
+    return turns
+
+
+def hf_messages(turns: list[Turn], base: Request, images: list[Any]) -> list[dict[str, Any]]:
+    """Turns (images as ("image", index) into `images`) in the Hugging Face form of the profile's own Request.
+
+    Image blocks copy the shape of the profile's image block (some families carry the image inside it); the
+    profile's system prompt is kept when the turns have none (the JSON captioner's scaffold).
+    """
+    image_block: dict[str, Any] = {"type": "image"}
+    base_system = None
+    for message in base.messages:
+        if message.get("role") == "system" and base_system is None:
+            base_system = message
+        content = message.get("content")
+        if isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "image":
+                    image_block = block
+    out: list[dict[str, Any]] = []
+    if base_system is not None and not any(role == "system" for role, _ in turns):
+        out.append(base_system)
+    for role, parts in turns:
+        if role in ("system", "assistant"):
+            out.append({"role": role, "content": "".join(v for k, v in parts if k == "text")})
+            continue
+        blocks: list[dict[str, Any]] = []
+        for kind, value in parts:
+            if kind == "text":
+                blocks.append({"type": "text", "text": value})
+            else:
+                block = dict(image_block)
+                if "image" in block:
+                    block["image"] = images[value]
+                blocks.append(block)
+        out.append({"role": role, "content": blocks})
+    return out
+
+
+def decoding_from_fields(decoding: Decoding, fields: dict[str, Any]) -> Decoding:
+    """The inverse of `sampling_fields`: OpenAI request fields on top of a profile's decoding.
+
+    `max_completion_tokens` wins over `max_tokens`; temperature 0 means greedy; `stop` strings are added to the
+    profile's own (a profile's stop marker still ends its output).
+    """
+    changes: dict[str, Any] = {
+        "max_new_tokens": fields.get("max_completion_tokens") or fields.get("max_tokens"),
+        "top_p": fields.get("top_p"),
+        "top_k": fields.get("top_k"),
+        "repetition_penalty": fields.get("repetition_penalty"),
+        "seed": fields.get("seed"),
+    }
+    temperature = fields.get("temperature")
+    if temperature is not None:
+        if temperature == 0:
+            changes["do_sample"] = False
+            decoding = decoding.model_copy(update={"temperature": None, "top_p": None, "top_k": None})
+        else:
+            changes.update(do_sample=True, temperature=temperature)
+    stop = fields.get("stop")
+    if stop:
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        changes["stop"] = tuple(dict.fromkeys([*decoding.stop, *(s for s in stops if s)]))
+    return decoding.merged(**changes)

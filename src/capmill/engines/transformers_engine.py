@@ -12,8 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from capmill.engines import row_sampling, streaming
 from capmill.engines.base import Engine, EngineOptions
 from capmill.engines.batch_invariant import make_batch_invariant
+from capmill.engines.bounded import LRUDict
 from capmill.engines.fast_paths import FastPathGuard, prove
 from capmill.engines.isolate import failed, run_isolating
 from capmill.engines.prefix_cache import (
@@ -30,6 +32,7 @@ from capmill.models.resolve import read_model_config, resolve_family
 from capmill.records import Decoding, Generation, Request
 
 log = logging.getLogger(__name__)
+STOP_CACHE_SIZE = 32  # stop matchers kept (each walks the vocabulary to build: ~65 ms for Qwen's)
 
 
 class TransformersEngine(Engine):
@@ -74,7 +77,7 @@ class TransformersEngine(Engine):
         self._cache_kwarg = cache_kwarg(self.model)
         self._media_ids = _media_token_ids(self.processor, self.tokenizer)
         self._seen_stop_warning = False
-        self._stop_cache: dict[tuple[str, ...], Any] = {}
+        self._stop_cache: dict[tuple[str, ...], Any] = LRUDict(STOP_CACHE_SIZE)  # stop lists come from clients
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -149,9 +152,12 @@ class TransformersEngine(Engine):
             ]
         kwargs = self._generate_kwargs(decoding, batch)
         t_prefix = time.perf_counter()
-        clock = kwargs["streamer"] = _FirstTokenClock()
-        if decoding.seed is not None:
-            torch.manual_seed(decoding.seed)
+        clock = _FirstTokenClock()
+        # listening rows get their text as it is generated (engines/streaming.py); seeds live in the per-row
+        # generators of engines/row_sampling.py, so nothing reseeds the process here
+        kwargs["streamer"] = streaming.row_streamer(
+            clock, batch, inputs["input_ids"].shape[1], lambda ids: self.family.decode(self.processor, ids)
+        )
         out = self._run_path(path, prefix, inputs, rows, kwargs, decoding, on_first=clock.put_first)
         t2 = time.perf_counter()
         input_ids = inputs["input_ids"]
@@ -321,7 +327,10 @@ class TransformersEngine(Engine):
                 eos_token_id=self.model.generation_config.eos_token_id,
             )
             kwargs["logits_processor"] = LogitsProcessorList([processor])
-        return kwargs
+        # Hook (engines/row_sampling.py, engines/streaming.py): one random generator per row, and rows whose
+        # caller has gone stop at the next step.
+        kwargs = row_sampling.per_row(kwargs, batch, self.model.generation_config)
+        return streaming.add_cancellation(kwargs, batch)
 
     def _stop_criteria(self, stop: tuple[str, ...]) -> Any:
         """transformers' StopStringCriteria (what `generate(stop_strings=...)` builds), built once per stop list:

@@ -8,6 +8,7 @@ from typing import Any
 
 from capmill import __version__
 from capmill.serve.config import ServeConfig
+from capmill.serve.guards import GENERATING_PATHS
 from capmill.serve.metrics import Metrics
 
 
@@ -35,12 +36,15 @@ def create_app(config: ServeConfig, captioner: Any | None = None) -> Any:
     from capmill.serve.auth import APIKeyAuth
     from capmill.serve.browse import BrowseService
     from capmill.serve.gallery_routes import router as gallery_router
+    from capmill.serve.guards import ClientLimit, ReceiveDeadline
     from capmill.serve.limits import BodyLimit
     from capmill.serve.router import router
     from capmill.serve.service import CaptionService
 
     metrics = Metrics()
-    browse = BrowseService(config.browse_dir) if config.browse_dir else None  # a bad folder fails at once
+    browse = (
+        BrowseService(config.browse_dir, config.browse_roots) if config.browse_dir else None
+    )  # a bad folder fails at once
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -61,6 +65,8 @@ def create_app(config: ServeConfig, captioner: Any | None = None) -> Any:
                 await service.stop()
             if owned is not None:
                 owned.close()
+            if browse is not None:
+                browse.close()
 
     app = FastAPI(
         title="capmill",
@@ -75,16 +81,15 @@ def create_app(config: ServeConfig, captioner: Any | None = None) -> Any:
     httperrors.install(app)
     app.include_router(router)
     app.include_router(gallery_router)
-    # Order matters: metrics see every answer (401 and 413 too); auth runs before the body is read.
+    # Order matters: metrics see every answer (401, 413, 429 too); auth runs before the body is read.
     app.add_middleware(EarlyArrivals)
+    app.add_middleware(ReceiveDeadline, seconds=config.receive_timeout_s)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(ClientLimit, limit=config.max_inflight_per_client)
     if config.api_key:
         app.add_middleware(APIKeyAuth, api_key=config.api_key)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
-
-
-GENERATING_PATHS = frozenset({"/v1/chat/completions", "/v1/captions"})
 
 
 class EarlyArrivals:

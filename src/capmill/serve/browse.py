@@ -1,5 +1,7 @@
 """The `--browse RUN_DIR` view's logic: a run's records with filters, search, thumbnails, edits and export.
 
+Records are paged from the run's shards through a disk index (browse_index.py), never all held in memory.
+
 Edits go to `RUN_DIR/edits.jsonl` (append-only, the last edit of an id wins); the run's own records, with the
 model's output, are never changed. Export writes the records with edited captions applied and the model's
 caption kept beside them.
@@ -12,7 +14,6 @@ import json
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from capmill.errors import ConfigError
 from capmill.records import STATUSES
+from capmill.serve.browse_index import ShardIndex
 
 EDITS_FILE = "edits.jsonl"
 THUMB_SIZE = 320
@@ -27,17 +29,25 @@ _RELOAD_AFTER_S = 2.0
 
 
 class BrowseService:
-    """Reads a run folder through `capmill.run.runfolder.read_records`, re-reading it as the run grows."""
+    """Pages through a run folder from its shards (see ShardIndex), looking for new shards at most every 2 s.
 
-    def __init__(self, run_dir: Path):
+    Images are served by record id only, and only from files under the run's input roots (the folders its
+    manifest names as sources, or `extra_roots`) or the run folder itself: a record naming any other file
+    (a manifest listing /etc/passwd) has no image.
+    """
+
+    def __init__(self, run_dir: Path, extra_roots: list[Path] | None = None):
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise ConfigError(f"--browse {run_dir}: not a folder")
+        if not (run_dir / "records").is_dir():
+            raise ConfigError(f"--browse {run_dir}: not a capmill run folder (no records/)")
         self.run_dir = run_dir
         self.edits_path = run_dir / EDITS_FILE
+        self.roots = [run_dir.resolve(), *(Path(r).resolve() for r in extra_roots or [])]
+        self.roots += input_roots(run_dir)
         self._lock = threading.Lock()
-        self._records: list[dict[str, Any]] = []
-        self._by_id: dict[str, dict[str, Any]] = {}
+        self.index = ShardIndex(str(run_dir / "records"), str(self.edits_path))
         self._loaded_at = 0.0
         self.load(force=True)
 
@@ -46,51 +56,25 @@ class BrowseService:
     def load(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._loaded_at < _RELOAD_AFTER_S:
             return
-        from capmill.run.runfolder import read_records
-
-        rows = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in read_records(self.run_dir)]
-        edits = self._read_edits()
-        by_id: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            edit = edits.get(row["id"])
-            row["edit"] = edit
-            by_id[row["id"]] = row
-        with self._lock:
-            self._records = list(by_id.values())
-            self._by_id = by_id
-            self._loaded_at = time.monotonic()
-
-    def _read_edits(self) -> dict[str, dict[str, Any]]:
-        edits: dict[str, dict[str, Any]] = {}
-        if self.edits_path.exists():
-            with open(self.edits_path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        edit = json.loads(line)
-                        edits[edit["id"]] = edit
-                    except (ValueError, KeyError, TypeError):
-                        continue  # a half-written last line from a crash: the edit before it stands
-        return edits
+        self.index.refresh()
+        self._loaded_at = time.monotonic()
 
     def get(self, record_id: str) -> dict[str, Any] | None:
         self.load()
-        return self._by_id.get(record_id)
+        return self.index.get(record_id)
 
     def query(
         self, status: str | None = None, q: str | None = None, offset: int = 0, limit: int = 60
     ) -> dict[str, Any]:
         self.load()
-        with self._lock:
-            records = list(self._records)
-        counts = Counter(r.get("status", "error") for r in records)
-        counts["edited"] = sum(1 for r in records if r.get("edit"))
-        chosen = [r for r in records if _matches(r, status, q)]
+        counts = self.index.counts()
+        matched, records = self.index.page(status, q, offset, limit)
         return {
             "run_dir": str(self.run_dir),
-            "total": len(records),
-            "matched": len(chosen),
-            "counts": {s: counts.get(s, 0) for s in (*STATUSES, "edited")},
-            "records": [_view(r) for r in chosen[offset : offset + limit]],
+            "total": sum(counts[s] for s in STATUSES),
+            "matched": matched,
+            "counts": counts,
+            "records": [_view(r) for r in records],
         }
 
     # ---------------------------------------------------------------- edits and export
@@ -106,17 +90,14 @@ class BrowseService:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
-            record["edit"] = edit
+            self.index.refresh()
+        record["edit"] = edit
         return _view(record)
 
     def export(self, status: str | None = None, q: str | None = None) -> Iterator[str]:
         """JSON lines: each record with `caption` set to the edit (if any), `model_caption` and `edited`."""
         self.load(force=True)
-        with self._lock:
-            records = list(self._records)
-        for record in records:
-            if not _matches(record, status, q):
-                continue
+        for record in self.index.each(status, q):
             row = {k: v for k, v in record.items() if k != "edit"}
             edit = record.get("edit")
             row["model_caption"] = record.get("caption")
@@ -125,18 +106,25 @@ class BrowseService:
                 row["caption"] = edit["caption"]
             yield json.dumps(row, ensure_ascii=False) + "\n"
 
+    def close(self) -> None:
+        self.index.close()
+
     # ---------------------------------------------------------------- images
 
     def image_path(self, record_id: str) -> Path | None:
-        """The local file a record came from, if it is one (thumbnails of tar members, rows and URLs are not kept)."""
+        """The local file a record came from, if it is one and lies under the run's roots (thumbnails of tar
+        members, rows and URLs are not kept)."""
         record = self.get(record_id)
         if record is None:
             return None
-        for candidate in (record.get("meta", {}).get("path"), record.get("source")):
+        for candidate in ((record.get("meta") or {}).get("path"), record.get("source")):
             if isinstance(candidate, str) and candidate and "://" not in candidate:
                 path = Path(candidate)
-                if path.is_file():
-                    return path
+                if not path.is_absolute():
+                    continue  # relative to nothing known: not served
+                resolved = path.resolve()
+                if resolved.is_file() and any(resolved.is_relative_to(root) for root in self.roots):
+                    return resolved
         return None
 
     def thumbnail(self, record_id: str) -> bytes | None:
@@ -145,6 +133,37 @@ class BrowseService:
             return None
         stat = path.stat()
         return _thumbnail(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def input_roots(run_dir: Path) -> list[Path]:
+    """The folders a run read its inputs from, as its manifest names its sources: a folder source is its own
+    root; a list, table or dataset file roots the folder it sits in (where its relative paths point)."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    roots: list[Path] = []
+
+    def visit(source: Any) -> None:
+        if not isinstance(source, dict):
+            return
+        for inner in source.get("sources") or []:
+            visit(inner)
+        spec, kind = source.get("spec"), source.get("kind")
+        if not isinstance(spec, str) or "://" in spec or kind == "hf-hub":
+            return
+        if kind == "glob":
+            spec = spec.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+            path = Path(spec if spec.endswith(os.sep) else os.path.dirname(spec) or ".")
+        else:
+            path = Path(spec)
+            if kind != "folder" and not path.is_dir():
+                path = path.parent if kind != "file" else path
+        roots.append(path.resolve())
+
+    for session in manifest.get("sessions") or []:
+        visit(session.get("sources"))
+    return list(dict.fromkeys(roots))
 
 
 @lru_cache(maxsize=2048)
@@ -161,32 +180,6 @@ def _thumbnail(path: str, mtime_ns: int, size: int) -> bytes | None:
             return out.getvalue()
     except Exception:  # a corrupt image is shown as "no preview", its record says why
         return None
-
-
-def _matches(record: dict[str, Any], status: str | None, q: str | None) -> bool:
-    if status:
-        if status == "edited":
-            if not record.get("edit"):
-                return False
-        elif record.get("status") != status:
-            return False
-    if q:
-        needle = q.lower()
-        edit = record.get("edit") or {}
-        haystack = " ".join(
-            str(x or "")
-            for x in (
-                record.get("id"),
-                record.get("source"),
-                record.get("caption"),
-                edit.get("caption"),
-                record.get("error"),
-                json.dumps(record.get("structured")) if record.get("structured") else "",
-            )
-        ).lower()
-        if needle not in haystack:
-            return False
-    return True
 
 
 def _view(record: dict[str, Any]) -> dict[str, Any]:

@@ -113,10 +113,9 @@ async def export(
     q: str | None = Query(None, max_length=500),
 ) -> StreamingResponse:
     browse = _browse(request)
-    lines = await asyncio.to_thread(lambda: list(browse.export(status, q)))
     name = f"{browse.run_dir.name or 'run'}-export.jsonl"
-    return StreamingResponse(
-        iter(lines),
+    return StreamingResponse(  # a sync iterator: Starlette reads it on a worker thread, a chunk at a time
+        browse.export(status, q),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )

@@ -169,6 +169,12 @@ class ChunkChoice(BaseModel):
     logprobs: None = None
 
 
+class ChunkInfo(BaseModel):
+    """capmill's extension of a chunk: how many tokens the engine had generated when it was cut."""
+
+    tokens: int
+
+
 class ChatCompletionChunk(BaseModel):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -176,6 +182,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    capmill: ChunkInfo | None = None
 
 
 # ---------------------------------------------------------------- POST /v1/captions

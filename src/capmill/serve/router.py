@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
 import time
 from typing import Any
 
@@ -13,7 +13,9 @@ from pydantic import ValidationError
 
 from capmill.errors import InputError
 from capmill.serve import limits
+from capmill.serve.guards import before_queue
 from capmill.serve.httperrors import HTTPProblem, bad_request, error_body, problem_for, validation_message
+from capmill.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from capmill.serve.protocol import (
     AssistantMessage,
     CaptionInfo,
@@ -24,6 +26,7 @@ from capmill.serve.protocol import (
     ChatCompletionRequest,
     Choice,
     ChunkChoice,
+    ChunkInfo,
     Delta,
     ErrorResponse,
     Health,
@@ -31,11 +34,11 @@ from capmill.serve.protocol import (
     ModelList,
     Usage,
 )
-from capmill.serve.service import CaptionService, PreparedChat, text_item, upload_item
+from capmill.serve.service import CaptionService, PreparedChat, Ticket, text_item, upload_item
 
 router = APIRouter()
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 429, 503, 504)}
 _CAPTION_BODY = {
     "requestBody": {
         "required": True,
@@ -78,7 +81,7 @@ async def healthz(request: Request) -> Health:
 @router.get("/metrics", response_class=PlainTextResponse, tags=["server"], responses={401: _ERRORS[401]})
 async def metrics(request: Request) -> PlainTextResponse:
     text = request.app.state.metrics.render()
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["openai"], responses={401: _ERRORS[401]})
@@ -104,17 +107,18 @@ async def list_models(request: Request) -> ModelList:
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     service = service_of(request)
-    prepared = await service.prepare_chat(body)
-    future = service.batcher.submit(prepared.request)  # a full queue answers 503 here, before any stream starts
+    async with before_queue(request.scope):
+        prepared = await service.prepare_chat(body)
+    ticket = service.submit(prepared.request, stream=body.stream)  # a full queue answers 503 here, before a stream
     _queued(request)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse(service, prepared, future, include_usage),
+            _sse(service, prepared, ticket, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    generation = await service.wait(future)
+    generation = await service.wait(ticket, request.receive)
     if generation.error:
         raise HTTPProblem(502, f"generation failed: {generation.error}", code="generation_failed")
     record = service.read(prepared, generation)
@@ -159,35 +163,68 @@ def _info(record) -> CaptionInfo | None:  # noqa: ANN001
     return CaptionInfo(status=record.status, caption=record.caption, structured=record.structured, notes=record.notes)
 
 
-async def _sse(service: CaptionService, prepared: PreparedChat, future, include_usage: bool):  # noqa: ANN001
-    """OpenAI's chunk stream. The role chunk goes out at once; the text follows when the engine batch holding
-    this request finishes (the engine returns whole generations), in word-sized deltas."""
+async def _sse(service: CaptionService, prepared: PreparedChat, ticket: Ticket, include_usage: bool):  # noqa: ANN001
+    """OpenAI's chunk stream: the role chunk at once, then the text as the engine generates it (every row of a
+    batch streams), then the finish reason. Each chunk's `capmill.tokens` says how many tokens existed when it
+    was cut. A client that goes away cancels its row (Starlette cancels this generator)."""
 
-    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True) -> str:
+    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, tokens: int | None = None) -> str:
         body = ChatCompletionChunk(
             id=prepared.id,
             created=prepared.created,
             model=prepared.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else [],
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if usage is None else [],
             usage=usage,
+            capmill=ChunkInfo(tokens=tokens) if tokens is not None else None,
         )
         return f"data: {body.model_dump_json(exclude_none=False)}\n\n"
 
-    yield chunk(Delta(role="assistant", content=""))
+    metrics = service.metrics
+    metrics.streams.inc()
+    first, waiter, getter = True, None, None
     try:
-        generation = await service.wait(future)
-        if generation.error:
-            raise HTTPProblem(502, f"generation failed: {generation.error}", code="generation_failed")
-    except Exception as exc:
-        yield f"data: {json.dumps(error_body(problem_for(exc)))}\n\n"
+        yield chunk(Delta(role="assistant", content=""))
+        waiter = asyncio.ensure_future(service.wait(ticket))
+        deltas = ticket.deltas
+        assert deltas is not None
+        while not waiter.done() or not deltas.empty():
+            getter = asyncio.ensure_future(deltas.get())
+            await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                getter = None
+                continue
+            text, tokens = getter.result()
+            if first:
+                metrics.first_token.observe(time.perf_counter() - ticket.queued_at)
+                first = False
+            yield chunk(Delta(content=text), tokens=tokens)
+        try:
+            generation = waiter.result()
+            if generation.error:
+                raise HTTPProblem(502, f"generation failed: {generation.error}", code="generation_failed")
+        except Exception as exc:
+            yield f"data: {json.dumps(error_body(problem_for(exc)))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        rest = ticket.control.rest(generation.text)
+        if rest:
+            yield chunk(Delta(content=rest), tokens=generation.completion_tokens)
+        yield chunk(Delta(), finish=generation.finish_reason, tokens=generation.completion_tokens)
+        if include_usage:
+            yield chunk(Delta(), usage=_usage(generation))
         yield "data: [DONE]\n\n"
-        return
-    for piece in re.findall(r"\s*\S+|\s+$", generation.text):
-        yield chunk(Delta(content=piece))
-    yield chunk(Delta(), finish=generation.finish_reason)
-    if include_usage:
-        yield chunk(Delta(), usage=_usage(generation), choices=False)
-    yield "data: [DONE]\n\n"
+    finally:
+        metrics.streams.dec()
+        if not ticket.future.done():  # the client left mid-stream: stop its row
+            ticket.gone = True
+            service.cancel(ticket, "disconnect")
+        if getter is not None and not getter.done():
+            getter.cancel()
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+            waiter.add_done_callback(lambda t: t.cancelled() or t.exception())
+        service.release(ticket)
 
 
 @router.post(
@@ -199,6 +236,17 @@ async def _sse(service: CaptionService, prepared: PreparedChat, future, include_
 )
 async def captions(request: Request) -> Any:
     service = service_of(request)
+    async with before_queue(request.scope):
+        item, mode, constrained = await _caption_input(request, service)
+    started = time.perf_counter()
+    arrival = request.scope.get("capmill.arrival")
+    record = await service.caption(item, mode, arrival, constrained, request.scope, request.receive)
+    record.timings.setdefault("server_s", time.perf_counter() - started)
+    return JSONResponse(record.to_dict())
+
+
+async def _caption_input(request: Request, service: CaptionService) -> tuple[Any, str | None, bool | None]:
+    """The item of a /v1/captions request (multipart upload, JSON base64, or text), its mode and constraint flag."""
     config = request.app.state.config
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
@@ -241,7 +289,4 @@ async def captions(request: Request) -> Any:
         mode, constrained = body.mode, body.constrained
     else:
         raise HTTPProblem(415, f"unsupported content type {ctype!r}: send multipart/form-data or application/json")
-    started = time.perf_counter()
-    record = await service.caption(item, mode, request.scope.get("capmill.arrival"), constrained)
-    record.timings.setdefault("server_s", time.perf_counter() - started)
-    return JSONResponse(record.to_dict())
+    return item, mode, constrained

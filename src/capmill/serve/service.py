@@ -14,15 +14,31 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from capmill.engines import streaming
 from capmill.engines.isolate import run_isolating
-from capmill.errors import CapmillError, InputError, UnknownNameError
+from capmill.engines.openai_messages import chat_turns, decoding_from_fields, hf_messages
+from capmill.errors import InputError, UnknownNameError
 from capmill.records import Generation, Item, Record, Request, sha256_hex
 from capmill.serve import limits
 from capmill.serve.batcher import Batcher
 from capmill.serve.config import ServeConfig
+from capmill.serve.constraints import GrammarChecker, check_size, requested_constraint
+from capmill.serve.guards import before_queue
 from capmill.serve.httperrors import HTTPProblem, bad_request, too_large
 from capmill.serve.metrics import Metrics
-from capmill.serve.protocol import ChatCompletionRequest, ImagePart, TextPart
+from capmill.serve.protocol import ChatCompletionRequest
+
+
+@dataclass
+class Ticket:
+    """A queued request: its future, its control inside the engine, and its text as generated (streaming)."""
+
+    request: Request
+    future: asyncio.Future
+    control: streaming.RowControl
+    deltas: asyncio.Queue | None
+    queued_at: float
+    gone: bool = False  # the client disconnected
 
 
 @dataclass
@@ -49,6 +65,7 @@ class CaptionService:
         self.names = config.names(self.profile.name, getattr(captioner, "model", None))
         self.created = int(time.time())
         self._views: dict[str, Any] = {}
+        self.grammars = GrammarChecker(config)
         self.batcher = Batcher(
             self._run_batch,
             max_batch=config.max_batch,
@@ -79,6 +96,7 @@ class CaptionService:
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        self.grammars.close()
 
     def _run_batch(self, requests: list[Request]) -> list[Generation]:
         """Runs on the engine thread. A batch that fails as a whole is retried one by one, so one bad request
@@ -112,17 +130,69 @@ class CaptionService:
         return await asyncio.to_thread(self.captioner.prepare, item, mode)
 
     async def generate(self, request: Request) -> Generation:
-        future = self.batcher.submit(request)
-        return await self.wait(future)
+        return await self.wait(self.submit(request))
 
-    async def wait(self, future: asyncio.Future) -> Generation:
+    def submit(self, request: Request, stream: bool = False) -> Ticket:
+        """Queue a request with a control attached (its text as generated when `stream`, and a cancel switch)."""
+        deltas: asyncio.Queue | None = asyncio.Queue() if stream else None
+        on_delta = None
+        if deltas is not None:
+            loop = asyncio.get_running_loop()
+
+            def on_delta(text: str, tokens: int) -> None:  # on the engine thread
+                loop.call_soon_threadsafe(deltas.put_nowait, (text, tokens))
+
+        control = streaming.RowControl(on_delta)
+        streaming.attach(request, control)
         try:
-            return await asyncio.wait_for(future, self.config.request_timeout_s)
+            future = self.batcher.submit(request)
+        except BaseException:
+            streaming.detach(request)
+            raise
+        return Ticket(request, future, control, deltas, time.perf_counter())
+
+    async def wait(self, ticket: Ticket, receive: Any = None) -> Generation:
+        """The Generation, within the request timeout (504). With `receive` (the ASGI channel, body already read),
+        a client that disconnects cancels its request: off the queue, or out of its running batch at the next
+        token (answered 499, which nobody reads)."""
+        watcher = asyncio.create_task(self._watch(receive, ticket)) if receive is not None else None
+        try:
+            return await asyncio.wait_for(ticket.future, self.config.request_timeout_s)
         except (asyncio.TimeoutError, TimeoutError) as exc:
+            self.cancel(ticket, "timeout")
             self.metrics.reject("timeout")
             raise HTTPProblem(
                 504, f"generation did not finish within {self.config.request_timeout_s:g} s", code="timeout"
             ) from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if ticket.gone and not (task is not None and task.cancelling()):
+                raise HTTPProblem(499, "the client closed the connection", code="client_closed") from None
+            self.cancel(ticket, "cancelled")
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self.release(ticket)
+
+    async def _watch(self, receive: Any, ticket: Ticket) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                ticket.gone = True
+                self.cancel(ticket, "disconnect")
+                return
+
+    def cancel(self, ticket: Ticket, reason: str) -> None:
+        """Stop a request wherever it is: off the queue, or its row at the next step of its batch."""
+        if ticket.future.done():
+            return
+        ticket.control.cancelled = True
+        ticket.future.cancel()
+        self.metrics.cancelled.labels(reason).inc()
+
+    def release(self, ticket: Ticket) -> None:
+        streaming.detach(ticket.request)
 
     def finish(self, item: Item, request: Request, generation: Generation, mode: str | None = None) -> Record:
         captioner = self._views.get(mode or "", self.captioner)
@@ -162,17 +232,25 @@ class CaptionService:
             raise bad_request(f"the {getattr(engine, 'name', 'current')} engine cannot constrain output")
 
     async def caption(
-        self, item: Item, mode: str | None, arrival: Any = None, constrained: bool | None = None
+        self,
+        item: Item,
+        mode: str | None,
+        arrival: Any = None,
+        constrained: bool | None = None,
+        scope: dict[str, Any] | None = None,
+        receive: Any = None,
     ) -> Record:
-        """Caption one item; `arrival` (from the EarlyArrivals middleware) is closed once it is queued."""
+        """Caption one item; `arrival` (from the EarlyArrivals middleware) is closed once it is queued, and the
+        preparation counts against the receive deadline kept in `scope`."""
         mode = self.check_mode(mode, has_text=item.kind == "text")
-        request = await self.prepare(item, mode)
+        async with before_queue(scope or {}):
+            request = await self.prepare(item, mode)
         if constrained if constrained is not None else (self.config.constrained and self.profile.output == "tool_call"):
             request.constraint = self.tool_constraint(request)
-        future = self.batcher.submit(request)
+        ticket = self.submit(request)
         if arrival is not None:
             arrival.done()
-        generation = await self.wait(future)
+        generation = await self.wait(ticket, receive)
         return self.finish(item, request, generation, mode)
 
     # ---------------------------------------------------------------- /v1/chat/completions
@@ -180,33 +258,23 @@ class CaptionService:
     async def prepare_chat(self, chat: ChatCompletionRequest) -> PreparedChat:
         """OpenAI messages -> one engine Request: the client's messages, rendered the profile's way."""
         model = self.check_model(chat.model)
-        max_new = chat.max_completion_tokens or chat.max_tokens
-        if max_new is not None and max_new > self.config.max_tokens_limit:
-            raise bad_request(
-                f"max_tokens {max_new} exceeds this server's limit of {self.config.max_tokens_limit}", "max_tokens"
-            )
+        fields = chat.model_dump(exclude={"messages"})
+        limits.check_request_limits(chat, fields, self.config)
+        turns = chat_turns([m.model_dump() for m in chat.messages])
         images: list[bytes] = []
-        turns: list[tuple[str, list[tuple[str, Any]]]] = []  # role, [("text", str) | ("image", index)]
-        for m, message in enumerate(chat.messages):
-            parts: list[tuple[str, Any]] = []
-            content = message.content
-            if isinstance(content, str):
-                parts.append(("text", content))
-            elif content:
-                for p, part in enumerate(content):
-                    if isinstance(part, TextPart):
-                        parts.append(("text", part.text))
-                    elif isinstance(part, ImagePart):
-                        if message.role != "user":
-                            raise bad_request(f"messages[{m}]: images are only accepted in user messages", "messages")
-                        param = f"messages[{m}].content[{p}].image_url"
-                        if len(images) >= self.config.max_images_per_request:
-                            raise too_large(f"more than {self.config.max_images_per_request} images in one request")
-                        data = await limits.image_url_bytes(part.image_url.url, param=param, config=self.config)
-                        parts.append(("image", len(images)))
-                        images.append(data)
-            role = "system" if message.role == "developer" else message.role
-            turns.append((role, parts))
+        for m, (role, parts) in enumerate(turns):
+            for p, (kind, value) in enumerate(parts):
+                if kind != "image_url":
+                    continue
+                if role != "user":
+                    raise bad_request(f"messages[{m}]: images are only accepted in user messages", "messages")
+                if len(images) >= self.config.max_images_per_request:
+                    raise too_large(
+                        f"more than {self.config.max_images_per_request} images in one request (max_images_per_request)"
+                    )
+                param = f"messages[{m}].content[{p}].image_url"
+                images.append(await limits.image_url_bytes(value, param=param, config=self.config))
+                parts[p] = ("image", len(images) - 1)
         if not any(role == "user" for role, _ in turns):
             raise bad_request("messages: at least one user message is needed", "messages")
 
@@ -229,7 +297,6 @@ class CaptionService:
                 base = Request(item_id=chat_id, messages=[], decoding=self.profile.decoding,
                                chat_kwargs=dict(self.profile.chat_kwargs))  # fmt: skip
             pil_images = []
-        messages = _render_messages(turns, base, pil_images)
         prompt_text = None
         if base.prompt_text is not None:  # families without a chat template take the last user text
             user_texts = [v for role, parts in turns if role == "user" for k, v in parts if k == "text"]
@@ -237,11 +304,11 @@ class CaptionService:
         request = replace(
             base,
             item_id=chat_id,
-            messages=messages,
+            messages=hf_messages(turns, base, pil_images),
             images=[img for img in pil_images if img is not None],
-            decoding=_decoding(base, chat),
+            decoding=decoding_from_fields(base.decoding, fields),
             prompt_text=prompt_text,
-            constraint=self._response_format(chat),
+            constraint=await self._response_format(chat),
             tools=[t.model_dump(exclude_none=True) for t in chat.tools] if chat.tools is not None else base.tools,
             chat_kwargs={
                 **base.chat_kwargs,
@@ -262,96 +329,15 @@ class CaptionService:
         except Exception:  # the chat answer stands without capmill's reading
             return None
 
-    def _response_format(self, chat: ChatCompletionRequest) -> dict[str, Any] | None:
-        """OpenAI response_format -> an engine constraint (JSON, optionally following the client's schema)."""
-        fmt, outputs = chat.response_format, chat.structured_outputs
-        constraint: dict[str, Any] | None = None
-        if outputs is not None and (outputs.grammar is not None) + (outputs.json_ is not None) != 1:
-            raise bad_request("structured_outputs: give exactly one of 'grammar' or 'json'", "structured_outputs")
-        if outputs is not None:
-            constraint = {"grammar": outputs.grammar} if outputs.grammar is not None else {"json_schema": outputs.json_}
-        elif fmt is not None and fmt.type == "json_object":
-            constraint = {"json_schema": {"type": "object"}}
-        elif fmt is not None and fmt.type == "json_schema":
-            if fmt.json_schema is None:
-                raise bad_request("response_format: type json_schema needs a json_schema", "response_format")
-            constraint = {"json_schema": fmt.json_schema.schema_}
+    async def _response_format(self, chat: ChatCompletionRequest) -> dict[str, Any] | None:
+        """OpenAI response_format -> an engine constraint, checked (size, llguidance, time) before queueing."""
+        constraint, param = requested_constraint(chat)
         if constraint is None:
             return None
+        check_size(next(iter(constraint.values())), param, self.config)
         self.check_constrainable()
-        from capmill.engines.grammars import grammar_for  # a bad schema or grammar is the client's 400, up front
-
-        try:
-            import llguidance
-
-            problem = llguidance.LLMatcher.validate_grammar(grammar_for(constraint))
-        except CapmillError as exc:
-            raise bad_request(str(exc), "response_format" if outputs is None else "structured_outputs") from exc
-        except Exception as exc:  # llguidance's own complaint about the schema
-            raise bad_request(f"cannot constrain to this schema: {exc}", "response_format") from exc
-        if problem:
-            raise bad_request(
-                f"{next(iter(constraint))}: {problem.strip()}", "structured_outputs" if outputs else "response_format"
-            )
+        await self.grammars.check(constraint, param)
         return constraint
-
-
-def _decoding(base: Request, chat: ChatCompletionRequest) -> Any:
-    """The profile's decoding with the client's sampling parameters on top."""
-    decoding = base.decoding
-    changes: dict[str, Any] = {
-        "max_new_tokens": chat.max_completion_tokens or chat.max_tokens,
-        "top_p": chat.top_p,
-        "top_k": chat.top_k,
-        "repetition_penalty": chat.repetition_penalty,
-        "seed": chat.seed,
-    }
-    if chat.temperature is not None:
-        if chat.temperature == 0:
-            changes["do_sample"] = False
-            decoding = decoding.model_copy(update={"temperature": None, "top_p": None, "top_k": None})
-        else:
-            changes.update(do_sample=True, temperature=chat.temperature)
-    if chat.stop:
-        stops = [chat.stop] if isinstance(chat.stop, str) else list(chat.stop)
-        changes["stop"] = tuple(dict.fromkeys([*decoding.stop, *(s for s in stops if s)]))
-    return decoding.merged(**changes)
-
-
-def _render_messages(turns, base: Request, pil_images: list[Any]) -> list[dict[str, Any]]:  # noqa: ANN001
-    """The client's turns in the Hugging Face message form the profile's own Request uses.
-
-    Image blocks copy the shape of the profile's image block (some families carry the image inside it);
-    the profile's system prompt is kept when the client sends none (the JSON captioner's scaffold).
-    """
-    image_block: dict[str, Any] = {"type": "image"}
-    base_system = None
-    for message in base.messages:
-        if message.get("role") == "system" and base_system is None:
-            base_system = message
-        content = message.get("content")
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, dict) and block.get("type") == "image":
-                    image_block = block
-    out: list[dict[str, Any]] = []
-    if base_system is not None and not any(role == "system" for role, _ in turns):
-        out.append(base_system)
-    for role, parts in turns:
-        if role == "system" or role == "assistant":
-            out.append({"role": role, "content": "".join(v for k, v in parts if k == "text")})
-            continue
-        blocks: list[dict[str, Any]] = []
-        for kind, value in parts:
-            if kind == "text":
-                blocks.append({"type": "text", "text": value})
-            else:
-                block = dict(image_block)
-                if "image" in block:
-                    block["image"] = pil_images[value]
-                blocks.append(block)
-        out.append({"role": role, "content": blocks})
-    return out
 
 
 def upload_item(data: bytes, filename: str | None, item_id: str | None) -> Item:
