@@ -9,6 +9,7 @@ from __future__ import annotations
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+FAST_PATH_STATES = ("off", "unverified", "verified", "disabled")
 
 
 class Metrics:
@@ -57,6 +58,17 @@ class Metrics:
             "capmill_cancelled", "Requests cancelled after queueing (off the queue, or their row out of its batch).",
             ["reason"], registry=registry,
         )  # fmt: skip
+
+        self.fast_path = Gauge(
+            "capmill_fast_path", "1 for each fast path's current state (off, unverified, verified, disabled).",
+            ["path", "state"], registry=registry,
+        )  # fmt: skip
+
+    def set_fast_paths(self, report: dict[str, dict]) -> None:
+        """The engine's fast paths (engines/fast_paths.py) as one 0/1 series per path and state."""
+        for path, info in report.items():
+            for state in FAST_PATH_STATES:
+                self.fast_path.labels(path, state).set(1 if info.get("state") == state else 0)
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -247,3 +247,4 @@ class Health(BaseModel):
     status: Literal["ok", "loading", "browse-only"]
     model: str | None = None
     queue_depth: int = 0
+    fast_paths: dict[str, dict[str, Any]] = {}  # each fast path's state and why (engines/fast_paths.py)

@@ -75,11 +75,16 @@ async def healthz(request: Request) -> Health:
     service = request.app.state.service
     if service is None:
         return Health(status="browse-only")
-    return Health(status="ok", model=service.names[0], queue_depth=service.batcher.depth)
+    return Health(
+        status="ok", model=service.names[0], queue_depth=service.batcher.depth, fast_paths=service.fast_paths()
+    )
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["server"], responses={401: _ERRORS[401]})
 async def metrics(request: Request) -> PlainTextResponse:
+    service = request.app.state.service
+    if service is not None:
+        request.app.state.metrics.set_fast_paths(service.fast_paths())
     text = request.app.state.metrics.render()
     return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
 

@@ -105,6 +105,11 @@ class CaptionService:
 
     # ---------------------------------------------------------------- shared steps
 
+    def fast_paths(self) -> dict[str, dict[str, Any]]:
+        """The engine's fast paths and their states ({} while the engine loads)."""
+        report = getattr(self.captioner, "fast_paths", None)
+        return report() if report is not None else {}
+
     def check_model(self, name: str | None) -> str:
         if name is None:
             return self.names[0]
