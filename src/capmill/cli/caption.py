@@ -15,6 +15,7 @@ import tempfile
 from typing import Any
 
 from capmill.cli.engine_options import add_arguments as add_engine_option_arguments
+from capmill.cli.engine_options import check as check_engine_options
 from capmill.cli.engine_options import engine_options as parsed_engine_options
 from capmill.errors import ConfigError
 
@@ -109,7 +110,7 @@ def _decoding(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def captioner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"device": args.device, "dtype": args.dtype, **exact_options(args.engine, args.exact)}
-    engine_options = parsed_engine_options(args, flags)
+    engine_options = check_engine_options(args.engine, parsed_engine_options(args, flags))
     return {
         "model": args.model,
         "profile": args.profile,

@@ -2,7 +2,7 @@
 
 Values are typed as JSON where they parse (`max_num_seqs=64`, `enforce_eager=true`,
 `limit_mm_per_prompt={"image":2}`), else kept as text (`quantization=awq`). A dotted key sets a nested value
-(`engine_args.swap_space=4`). The YAML file gives a mapping of the same keys; options on the command line win over
+(`engine_args.max_num_batched_tokens=8192`). The YAML file gives a mapping of the same keys; options on the command line win over
 the file. The engine validates the result and names the keys it accepts (capmill.engines.base).
 """
 
@@ -107,4 +107,17 @@ def engine_options(
         if key in options and options[key] != value:
             raise ConfigError(f"--{key.replace('_', '-')} {value} and engine option {key}={options[key]} disagree")
         options[key] = value
+    return options
+
+
+def check(engine: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate the options against the engine's own before any work starts (EngineOptionError lists its keys)."""
+    from capmill.engines import ENGINES
+
+    name = engine or "transformers"
+    try:
+        cls = ENGINES.get(name)
+    except ModuleNotFoundError:
+        return options  # an engine whose module is not in this build: its own error comes when it is made
+    cls.Options.checked(name, options)
     return options

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from capmill.cli.caption import EXACT_HELP, exact_options
 from capmill.cli.engine_options import add_arguments as add_engine_option_arguments
+from capmill.cli.engine_options import check as check_engine_options
 from capmill.cli.engine_options import engine_options as parsed_engine_options
 
 
@@ -54,6 +55,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
     options: dict = {"scaffold": args.scaffold} if args.scaffold else {}
     flags = {k: getattr(args, k, None) for k in ("device", "dtype")}
     engine_options = parsed_engine_options(args, {**flags, **exact_options(args.engine, getattr(args, "exact", False))})
+    check_engine_options(args.engine, engine_options)
     if engine_options:
         options["engine_options"] = engine_options
     if args.max_new_tokens:

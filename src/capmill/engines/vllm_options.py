@@ -66,8 +66,8 @@ class VLLMOptions(EngineOptions):
     @model_validator(mode="before")
     @classmethod
     def _engine_args_by_name(cls, data: Any) -> Any:
-        """Any other `vllm.EngineArgs` field given by its own name (`swap_space=4`) goes into engine_args."""
-        if not isinstance(data, dict):
+        """Any other `vllm.EngineArgs` field given by its own name (`max_num_batched_tokens=8192`) goes into engine_args."""
+        if not isinstance(data, dict) or set(data) <= set(cls.model_fields):
             return data
         names = engine_arg_names()
         extra = {k: v for k, v in data.items() if k not in cls.model_fields and k in names}
@@ -135,6 +135,11 @@ def check_device(asked: str, platform: str, tensor_parallel_size: int) -> int | 
         return None
     if not index.isdigit():
         raise ConfigError(f"vllm engine: device {asked!r} is not cuda:N")
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0":
+        raise ConfigError(
+            f"vllm engine: device {asked!r} pins one GPU through the engine-core process, which "
+            "VLLM_ENABLE_V1_MULTIPROCESSING=0 turns off; unset it"
+        )
     if tensor_parallel_size > 1:
         raise ConfigError(
             f"vllm engine: device {asked!r} pins one GPU, but tensor_parallel_size={tensor_parallel_size} needs "
