@@ -234,6 +234,36 @@ def test_defaults_start_on_the_cpu_and_equal_transformers(engines, tiny_model, c
 
 
 @pytest.mark.vllm
+def test_devices_cpu_cpu_gives_the_records_of_one_engine(engines, tiny_model, coco_photos, tmp_path, monkeypatch):
+    """`--devices cpu,cpu --engine vllm` through the CLI: two engines (each in its engine-core process), each with
+    its share of every batch; the records equal one in-process engine's. In-process, a second engine is refused."""
+    import json
+
+    from capmill.cli.main import main
+    from capmill.engines.vllm_engine import VLLMEngine
+
+    path = tiny_model("qwen2_vl")
+    photos = _photos(coco_photos, 6)
+    one = engines("vllm", path, "inkscope-2b", QWEN2_VL)
+    with pytest.raises(UnsupportedError, match="VLLM_ENABLE_V1_MULTIPROCESSING"):
+        VLLMEngine(str(path), get_profile("inkscope-2b"), QWEN2_VL)
+    cap = Captioner(model=str(path), profile="inkscope-2b", decoding={"max_new_tokens": N})
+    items = [cap.to_item(p, i) for i, p in enumerate(photos)]
+    generations = one.generate([cap.prepare(item) for item in items])
+    expected = {item.source: g.text for item, g in zip(items, generations, strict=True)}
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    out = tmp_path / "two.jsonl"
+    argv = ["caption", *photos, "--model", str(path), "--profile", "inkscope-2b", "--engine", "vllm",
+            "--devices", "cpu,cpu", "--engine-option", "enforce_eager=true", "--engine-option", "max_model_len=4096",
+            "--engine-option", "dtype=float32", "--max-new-tokens", str(N), "--batch-size", "3", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["source"]: r["raw"] for r in rows} == expected
+    assert len(set(expected.values())) > 1
+
+
+@pytest.mark.vllm
 def test_device_option_on_this_build(engines, tiny_model, coco_photos):
     """`--device` naming this build's device works; the other one is a one-line error before any loading."""
     from capmill.engines.vllm_engine import VLLMEngine

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -26,6 +27,8 @@ from capmill.records import Decoding, Generation, Request
 
 # capmill families that vLLM runs; BLIP-2 with a T5 decoder is not among vLLM's models.
 VLLM_FAMILIES = frozenset({"qwen3_5", "qwen2_vl", "qwen2_5_vl", "internvl", "generic"})
+# engines whose core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): vLLM allows one per process
+_IN_PROCESS: weakref.WeakSet = weakref.WeakSet()
 # transformers' GenerationConfig defaults: what the card's `generate(do_sample=True)` uses for unset fields.
 HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
 
@@ -58,6 +61,11 @@ class VLLMEngine(Engine):
         self.platform = setup.platform_device()
         self._pin = setup.check_device(opts.device, self.platform, opts.tensor_parallel_size)
         self.dtype, self.dtype_reason = setup.resolve_dtype(opts.dtype, config)
+        if setup.in_process() and _IN_PROCESS:
+            raise UnsupportedError(
+                "a second vLLM engine in this process (one per device, --devices) needs vLLM's engine-core "
+                "process: unset VLLM_ENABLE_V1_MULTIPROCESSING=0"
+            )
         self.processor = None
         self.rendering = opts.prompt_rendering
         if config.get("model_type") == "internvl_chat":
@@ -65,6 +73,8 @@ class VLLMEngine(Engine):
         else:  # renders prompts and decodes outputs exactly as the transformers engine does
             self.processor = self.family.load_processor(model, trust_remote_code=opts.trust_remote_code)
         self.llm = self._load(model, opts)
+        if setup.in_process():
+            _IN_PROCESS.add(self)
         tokenizer = self.llm.get_tokenizer()
         self._added_tokens = frozenset(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
 
@@ -238,6 +248,7 @@ class VLLMEngine(Engine):
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
+        _IN_PROCESS.discard(self)
         if llm is None:
             return
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)

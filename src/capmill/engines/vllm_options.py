@@ -135,7 +135,7 @@ def check_device(asked: str, platform: str, tensor_parallel_size: int) -> int | 
         return None
     if not index.isdigit():
         raise ConfigError(f"vllm engine: device {asked!r} is not cuda:N")
-    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0":
+    if in_process():
         raise ConfigError(
             f"vllm engine: device {asked!r} pins one GPU through the engine-core process, which "
             "VLLM_ENABLE_V1_MULTIPROCESSING=0 turns off; unset it"
@@ -168,6 +168,11 @@ def pinned_to(index: int | None) -> Iterator[None]:
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
+def in_process() -> bool:
+    """Whether vLLM runs its engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): one engine at most."""
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0"
 
 
 def cpu_kv_cache_bytes(available: int | None = None) -> int:
