@@ -276,7 +276,10 @@ def test_device_option_on_this_build(engines, tiny_model, coco_photos):
     with pytest.raises(ConfigError) as info:
         VLLMEngine(str(path), get_profile("inkscope-2b"), {**QWEN2_VL, "device": other})
     assert "\n" not in str(info.value)
-    engine = engines("vllm", path, "inkscope-2b", {**QWEN2_VL, "device": here})
+    # with it, options that reach vLLM's own config (the data-parallel vision encoder matters with tensor parallel)
+    engine = engines("vllm", path, "inkscope-2b", {**QWEN2_VL, "device": here, "mm_encoder_tp_mode": "data"})
+    config = engine.llm.llm_engine.vllm_config.model_config
+    assert config.multimodal_config.mm_encoder_tp_mode == "data"
     _, _, requests = _requests(path, "inkscope-2b", coco_photos, n=2)
     assert all(g.error is None and g.completion_tokens == N for g in engine.generate(requests))
 
