@@ -31,7 +31,8 @@ def test_cpu_version_runs_and_reports(tmp_path):
     assert row["family"] == "qwen2_vl" and row["default_equal"] == row["exact_equal"] == row["photos"] == 4
     assert row["distinct_captions"] > 1  # outputs depend on the photo: the comparison is not vacuous
     assert steps["throughput"]["rows"][0]["images_per_s"] > 0
-    assert "skipped" in steps["devices"]
+    one, two = steps["devices"]["rows"]
+    assert (one["devices"], two["devices"], two["equal"]) == ("cpu", "cpu,cpu", "4/4")
     assert steps["train"]["steps"] == 2 and all(loss == loss for loss in steps["train"]["losses"])
     report = (out / "report.md").read_text()
     assert "**all passed**" in report and "## fidelity" in report and "| qwen2_vl | float32 |" in report
