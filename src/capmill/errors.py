@@ -36,6 +36,14 @@ class MissingDependencyError(ConfigError):
         super().__init__(f"{package} is needed{purpose}: pip install 'capmill[{extra}]'")
 
 
+class EngineOptionError(ConfigError):
+    """An engine option is unknown or has a wrong value; the message lists every option the engine accepts."""
+
+    def __init__(self, engine: str, problem: str, accepted: list[str]):
+        self.engine, self.problem, self.accepted = engine, problem, accepted
+        super().__init__(f"engine {engine!r}: {problem}; accepted options: {', '.join(accepted)}")
+
+
 class UnsupportedError(ConfigError):
     """The combination asked for cannot work (for example BLIP-2 on vLLM)."""
 

@@ -222,3 +222,13 @@ def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after():
         assert max(delays) - min(delays) > 0  # jittered
     assert eng.backoff(0, retry_after=3.0) == 3.0
     assert eng.backoff(0, retry_after=100.0) == 8.0  # capped
+
+
+def test_extra_headers_travel_with_every_request(monkeypatch):
+    monkeypatch.setenv("CAPMILL_TEST_KEY", "sekret")
+    with ChatStub(lambda body, n: ok()) as stub:
+        engine(stub.url, api_key_env="CAPMILL_TEST_KEY", extra_headers={"X-Tenant": "captions"}).generate(
+            [text_request("a"), text_request("b")]
+        )
+    assert [h.get("X-Tenant") for h in stub.headers] == ["captions", "captions"]
+    assert all(h.get("Authorization") == "Bearer sekret" for h in stub.headers)

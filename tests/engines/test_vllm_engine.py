@@ -73,11 +73,107 @@ def test_blip2_is_refused_with_a_pointer_to_transformers(tiny_model):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
-def test_without_vllm_the_error_names_the_extra(tiny_model):
+def test_without_vllm_the_error_gives_the_route_for_this_machine(tiny_model):
+    from capmill.engines import vllm_options
     from capmill.engines.vllm_engine import VLLMEngine
 
-    with pytest.raises(MissingDependencyError, match=r"capmill\[vllm\]"):
+    with pytest.raises(MissingDependencyError) as info:
         VLLMEngine(str(tiny_model("qwen2_vl")), get_profile("inkscope-2b"))
+    route = "capmill[vllm]" if vllm_options.cuda_visible() else "scripts/setup-vllm-env.sh"
+    assert route in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_vllm_advice_fits_the_machine(monkeypatch):
+    from capmill.engines import vllm_options
+
+    monkeypatch.setattr(vllm_options, "cuda_visible", lambda: True)
+    text = str(vllm_options.missing_vllm())
+    assert "pip install 'capmill[vllm]'" in text and "environment of its own" in text
+    monkeypatch.setattr(vllm_options, "cuda_visible", lambda: False)
+    text = str(vllm_options.missing_vllm())
+    assert "bash scripts/setup-vllm-env.sh" in text and "capmill[vllm]" not in text
+
+
+def test_dtype_defaults_to_the_checkpoints_own(tiny_model):
+    from capmill.engines.vllm_options import checkpoint_dtype, resolve_dtype
+    from capmill.models.resolve import read_model_config
+
+    config = read_model_config(str(tiny_model("qwen2_vl")))
+    assert checkpoint_dtype(config) == "float32"  # the tiny models are saved in float32
+    assert resolve_dtype("auto", config) == ("float32", "the checkpoint's dtype")
+    assert resolve_dtype("bfloat16", config) == ("bfloat16", "asked for")
+    assert checkpoint_dtype({"torch_dtype": "bfloat16"}) == "bfloat16"  # older configs
+    assert checkpoint_dtype({"text_config": {"dtype": "float16"}}) == "float16"
+    assert resolve_dtype("auto", {})[0] == "auto"
+
+
+def test_cpu_kv_cache_is_chosen_and_said_when_none_is_set(monkeypatch, caplog):
+    from capmill.engines.vllm_options import GiB, VLLMOptions, cpu_kv_cache_bytes, kv_cache_choice
+
+    assert [cpu_kv_cache_bytes(m * GiB) // GiB for m in (2, 8, 24, 64, 512)] == [1, 1, 3, 8, 8]
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    with caplog.at_level("WARNING", logger="capmill.engines.vllm"):
+        assert kv_cache_choice(VLLMOptions(), "cpu", available=24 * GiB) == 3 * GiB
+    assert "KV cache of 3 GiB chosen" in caplog.text and "VLLM_CPU_KVCACHE_SPACE" in caplog.text
+    assert kv_cache_choice(VLLMOptions(kv_cache_memory_bytes=GiB), "cpu") == GiB  # the option wins
+    assert kv_cache_choice(VLLMOptions(), "cuda") is None  # GPUs: vLLM's gpu_memory_utilization
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "5")
+    assert kv_cache_choice(VLLMOptions(), "cpu") is None  # vLLM reads the variable itself
+
+
+def test_device_is_checked_against_the_installed_build(monkeypatch):
+    from capmill.engines.vllm_options import check_device
+    from capmill.errors import ConfigError
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # vllm_support turns it off for in-process tests
+    assert check_device("auto", "cpu", 1) is None and check_device("cpu", "cpu", 1) is None
+    assert check_device("cuda", "cuda", 2) is None and check_device("cuda:3", "cuda", 1) == 3
+    for asked, platform, match in [
+        ("cuda", "cpu", "the installed vLLM is the CPU build"),
+        ("cpu", "cuda", "scripts/setup-vllm-env.sh"),
+        ("tpu", "cuda", "not auto, cpu, cuda or cuda:N"),
+        ("cuda:x", "cuda", "not cuda:N"),
+    ]:
+        with pytest.raises(ConfigError, match=match) as info:
+            check_device(asked, platform, 1)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2"):
+        check_device("cuda:1", "cuda", 2)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    with pytest.raises(ConfigError, match="VLLM_ENABLE_V1_MULTIPROCESSING"):
+        check_device("cuda:1", "cuda", 1)
+
+
+def test_pinning_narrows_cuda_visible_devices_and_puts_it_back(monkeypatch):
+    import os
+
+    from capmill.engines.vllm_options import pinned_to
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pinned_to(1):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    with pinned_to(1):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"
+
+
+def test_unknown_options_are_refused_with_the_accepted_keys():
+    from capmill.engines.vllm_options import VLLMOptions, engine_arg_names
+    from capmill.errors import EngineOptionError
+
+    with pytest.raises(EngineOptionError) as info:
+        VLLMOptions.checked("vllm", {"tensor_paralel_size": 2})
+    text = str(info.value)
+    assert "unknown option 'tensor_paralel_size'" in text
+    for key in ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "enforce_eager", "max_num_seqs",
+                "limit_mm_per_prompt", "mm_processor_kwargs", "quantization", "kv_cache_dtype", "trust_remote_code",
+                "revision", "device", "engine_args", "mm_encoder_tp_mode"):  # fmt: skip
+        assert key in text
+    if engine_arg_names():  # with vLLM installed, any other EngineArgs field by its own name
+        opts = VLLMOptions.checked("vllm", {"max_num_batched_tokens": 8192, "engine_args": {"seed": 1}})
+        assert opts.engine_args == {"max_num_batched_tokens": 8192, "seed": 1}
 
 
 def _photos(coco_photos, n=6):
@@ -122,6 +218,72 @@ def _greedy_equal(engines, tiny_model, coco_photos, arch, options):
 
 
 # ---- Qwen2-VL (Inkscope) ----
+@pytest.mark.vllm
+def test_defaults_start_on_the_cpu_and_equal_transformers(engines, tiny_model, coco_photos, monkeypatch, caplog):
+    """No option at all and no VLLM_CPU_KVCACHE_SPACE: vLLM starts (a KV cache chosen and logged), runs the
+    float32 checkpoint in float32, and its greedy captions equal the transformers engine's."""
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    with caplog.at_level("WARNING", logger="capmill.engines.vllm"):
+        _greedy_equal(engines, tiny_model, coco_photos, "qwen2_vl", {})
+    engine = engines("vllm", tiny_model("qwen2_vl"), "inkscope-2b", {})
+    described = engine.describe()
+    if engine.platform == "cpu":
+        assert "KV cache of" in caplog.text
+        assert engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes >= 1 << 30
+    assert (described["dtype"], described["dtype_reason"]) == ("float32", "the checkpoint's dtype")
+
+
+@pytest.mark.vllm
+def test_devices_cpu_cpu_gives_the_records_of_one_engine(engines, tiny_model, coco_photos, tmp_path, monkeypatch):
+    """`--devices cpu,cpu --engine vllm` through the CLI: two engines (each in its engine-core process), each with
+    its share of every batch; the records equal one in-process engine's. In-process, a second engine is refused."""
+    import json
+
+    from capmill.cli.main import main
+    from capmill.engines.vllm_engine import VLLMEngine
+
+    path = tiny_model("qwen2_vl")
+    photos = _photos(coco_photos, 6)
+    one = engines("vllm", path, "inkscope-2b", QWEN2_VL)
+    with pytest.raises(UnsupportedError, match="VLLM_ENABLE_V1_MULTIPROCESSING"):
+        VLLMEngine(str(path), get_profile("inkscope-2b"), QWEN2_VL)
+    cap = Captioner(model=str(path), profile="inkscope-2b", decoding={"max_new_tokens": N})
+    items = [cap.to_item(p, i) for i, p in enumerate(photos)]
+    generations = one.generate([cap.prepare(item) for item in items])
+    expected = {item.source: g.text for item, g in zip(items, generations, strict=True)}
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    out = tmp_path / "two.jsonl"
+    argv = ["caption", *photos, "--model", str(path), "--profile", "inkscope-2b", "--engine", "vllm",
+            "--devices", "cpu,cpu", "--engine-option", "enforce_eager=true", "--engine-option", "max_model_len=4096",
+            "--engine-option", "dtype=float32", "--max-new-tokens", str(N), "--batch-size", "3", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["source"]: r["raw"] for r in rows} == expected
+    assert len(set(expected.values())) > 1
+
+
+@pytest.mark.vllm
+def test_device_option_on_this_build(engines, tiny_model, coco_photos):
+    """`--device` naming this build's device works; the other one is a one-line error before any loading."""
+    from capmill.engines.vllm_engine import VLLMEngine
+    from capmill.errors import ConfigError
+
+    path = tiny_model("qwen2_vl")
+    engine = engines("vllm", path, "inkscope-2b", {**QWEN2_VL, "device": "auto"})
+    here = engine.platform
+    other = "cuda" if here == "cpu" else "cpu"
+    with pytest.raises(ConfigError) as info:
+        VLLMEngine(str(path), get_profile("inkscope-2b"), {**QWEN2_VL, "device": other})
+    assert "\n" not in str(info.value)
+    # with it, options that reach vLLM's own config (the data-parallel vision encoder matters with tensor parallel)
+    engine = engines("vllm", path, "inkscope-2b", {**QWEN2_VL, "device": here, "mm_encoder_tp_mode": "data"})
+    config = engine.llm.llm_engine.vllm_config.model_config
+    assert config.multimodal_config.mm_encoder_tp_mode == "data"
+    _, _, requests = _requests(path, "inkscope-2b", coco_photos, n=2)
+    assert all(g.error is None and g.completion_tokens == N for g in engine.generate(requests))
+
+
 @pytest.mark.vllm
 def test_qwen2_vl_greedy_equals_transformers_engine(engines, tiny_model, coco_photos):
     _greedy_equal(engines, tiny_model, coco_photos, "qwen2_vl", QWEN2_VL)

@@ -57,6 +57,14 @@ def test_engine_options_and_conflicts():
     assert n == 1 and make() == {"engine": "transformers"}
 
 
+def test_engines_with_a_device_option_take_part():
+    """vLLM has a device option (its engine core is pinned to the GPU); a remote server has none."""
+    make, n = captioner_factory({"engine": "vllm", "engine_options": {"enforce_eager": True}}, "cpu,cpu", lambda kw: kw)
+    assert n == 2
+    with pytest.raises(ConfigError, match="engine 'openai' has no device option"):
+        captioner_factory({"engine": "openai", "engine_options": {}}, "cpu,cpu", lambda kw: kw)
+
+
 @pytest.mark.slow
 def test_two_cpu_engines_give_the_records_of_one(tiny_model, coco_photos, tmp_path):
     """`--devices cpu,cpu`: two engines, each with its share of every batch; records equal one engine's."""

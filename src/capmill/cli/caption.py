@@ -14,6 +14,9 @@ import sys
 import tempfile
 from typing import Any
 
+from capmill.cli.engine_options import add_arguments as add_engine_option_arguments
+from capmill.cli.engine_options import check as check_engine_options
+from capmill.cli.engine_options import engine_options as parsed_engine_options
 from capmill.errors import ConfigError
 
 FORMATS = ("jsonl", "parquet", "webdataset", "sidecar", "hf")
@@ -39,6 +42,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     g.add_argument("--exact", action="store_true", help=EXACT_HELP)
+    add_engine_option_arguments(g)
     g.add_argument(
         "--devices",
         help="one engine per device: auto (every GPU), all, 0,1, cuda:0,cuda:2, or cpu,cpu; see docs/scale-out.md",
@@ -105,8 +109,8 @@ def _decoding(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def captioner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    engine_options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
-    engine_options.update(exact_options(args.engine, args.exact))
+    flags = {"device": args.device, "dtype": args.dtype, **exact_options(args.engine, args.exact)}
+    engine_options = check_engine_options(args.engine, parsed_engine_options(args, flags))
     return {
         "model": args.model,
         "profile": args.profile,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from typing import Any
 
+from capmill.cli.engine_options import add_arguments as add_engine_option_arguments
+from capmill.cli.engine_options import engine_options as parsed_engine_options
 from capmill.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answerer-engine", default="openai", help="engine of the answerer (default openai)")
     p.add_argument("--answerer-url", help="base URL of an OpenAI-compatible server for the answerer")
     p.add_argument("--answerer-profile", default="generic", help="capmill profile for the answerer (default generic)")
-    p.add_argument("--answerer-option", action="append", metavar="KEY=VALUE", help="engine option (repeatable)")
+    add_engine_option_arguments(p, "--answerer-option", "--answerer-config")
     p.add_argument("--qa-samples", type=int, default=4, help="samples per question, options reshuffled (default 4)")
     p.add_argument("--qa-temperature", type=float, default=0.6, help="answerer temperature; 0 = greedy (default 0.6)")
     p.add_argument("--qa-max-tokens", type=int, default=16, help="answerer max new tokens (default 16)")
@@ -45,26 +46,12 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="eval-report", help="output folder (default eval-report)")
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def build_answerer(args: argparse.Namespace) -> Any:
     """The answerer engine, through the engine registry (never by branching on its name)."""
     from capmill.engines import ENGINES
     from capmill.models.catalog import get_profile
 
-    options: dict[str, Any] = {}
-    for item in args.answerer_option or []:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--answerer-option {item!r}: expected KEY=VALUE")
-        options[key] = _value(val)
-    if args.answerer_url:
-        options["base_url"] = args.answerer_url
+    options = parsed_engine_options(args, {"base_url": args.answerer_url}, "answerer_option", "answerer_config")
     try:
         engine_cls = ENGINES.get(args.answerer_engine)
     except ModuleNotFoundError as exc:  # a registered engine whose module is not in this build or its extra

@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 
 from capmill.cli.caption import EXACT_HELP, exact_options
+from capmill.cli.engine_options import add_arguments as add_engine_option_arguments
+from capmill.cli.engine_options import check as check_engine_options
+from capmill.cli.engine_options import engine_options as parsed_engine_options
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +49,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="device for the model (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", help="model dtype (default: the profile's)")
     parser.add_argument("--exact", action="store_true", help=EXACT_HELP)
+    add_engine_option_arguments(parser)
     parser.add_argument("--scaffold", help="JSON captioner scaffold file (system prompt + tools)")
     parser.add_argument("--max-new-tokens", type=int, help="new tokens per caption (default: the profile's)")
     parser.add_argument("--log-level", default="info")
@@ -58,8 +62,9 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
     if not args.model and not args.browse:
         raise ConfigError("capmill serve needs --model M (to caption) or --browse RUN_DIR (to look at a run)")
     options: dict = {"scaffold": args.scaffold} if args.scaffold else {}
-    engine_options = {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None)}
-    engine_options.update(exact_options(args.engine, getattr(args, "exact", False)))
+    flags = {k: getattr(args, k, None) for k in ("device", "dtype")}
+    engine_options = parsed_engine_options(args, {**flags, **exact_options(args.engine, getattr(args, "exact", False))})
+    check_engine_options(args.engine, engine_options)
     if engine_options:
         options["engine_options"] = engine_options
     if args.max_new_tokens:

@@ -6,8 +6,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from capmill.errors import EngineOptionError
 from capmill.records import Generation, Request
 
 if TYPE_CHECKING:
@@ -18,6 +19,27 @@ class EngineOptions(BaseModel):
     """Knobs common to engines; each engine subclasses this as its nested `Options`."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def checked(cls, engine: str, options: EngineOptions | dict[str, Any] | None) -> EngineOptions:
+        """The options validated; EngineOptionError naming the key, the problem and every key this engine accepts."""
+        if isinstance(options, cls):
+            return options
+        try:
+            return cls.model_validate(dict(options or {}))
+        except ValidationError as exc:
+            raise EngineOptionError(engine, _problems(exc), sorted(cls.model_fields)) from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    out = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err.get("loc", ())) or "options"
+        if err.get("type") == "extra_forbidden":
+            out.append(f"unknown option {key!r}")
+        else:
+            out.append(f"{key}={err.get('input')!r}: {err.get('msg')}")
+    return "; ".join(out)
 
 
 class Engine(ABC):
@@ -38,9 +60,7 @@ class Engine(ABC):
     def __init__(self, model: str, profile: Profile, options: EngineOptions | dict[str, Any] | None = None):
         self.model = model
         self.profile = profile
-        if options is None:
-            options = {}
-        self.options = options if isinstance(options, self.Options) else self.Options.model_validate(options)
+        self.options = self.Options.checked(self.name, options)
 
     @classmethod
     def uses_host_cpu(cls, options: dict[str, Any]) -> bool:

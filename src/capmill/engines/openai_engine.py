@@ -43,6 +43,13 @@ class OpenAIOptions(EngineOptions):
     tool_choice: str | None = "none"
     extra_body: dict[str, Any] = {}  # merged into every request body (e.g. {"top_k": 1} or server-specific keys)
     check_server: bool = True  # GET /models once before the first batch
+    extra_headers: dict[str, str] = {}  # sent with every request (a gateway's routing or tenant header)
+
+    # Options that change how requests travel, never what a server answers: outside the run identity.
+    identity_exempt: ClassVar[frozenset[str]] = frozenset(
+        {"api_key_env", "concurrency", "timeout", "max_retries", "backoff_initial", "backoff_max", "check_server",
+         "extra_headers"}
+    )  # fmt: skip
 
 
 class OpenAIEngine(Engine):
@@ -70,7 +77,10 @@ class OpenAIEngine(Engine):
 
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self.options.api_key_env)  # type: ignore[attr-defined]
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        headers = dict(self.options.extra_headers)  # type: ignore[attr-defined]
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
 
     # ---- generation ----
     def generate(self, requests: Sequence[Request]) -> list[Generation]:

@@ -11,40 +11,26 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import Field
-
+from capmill.engines import vllm_options as setup
 from capmill.engines.base import Engine, EngineOptions
 from capmill.engines.isolate import failed, run_isolating
 from capmill.engines.openai_messages import media_parts, to_openai_messages
-from capmill.errors import MissingDependencyError, ModelLoadError, UnsupportedError
+from capmill.engines.vllm_options import VLLMOptions
+from capmill.errors import ModelLoadError, UnsupportedError
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
 from capmill.records import Decoding, Generation, Request
 
 # capmill families that vLLM runs; BLIP-2 with a T5 decoder is not among vLLM's models.
 VLLM_FAMILIES = frozenset({"qwen3_5", "qwen2_vl", "qwen2_5_vl", "internvl", "generic"})
+# engines whose core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): vLLM allows one per process
+_IN_PROCESS: weakref.WeakSet = weakref.WeakSet()
 # transformers' GenerationConfig defaults: what the card's `generate(do_sample=True)` uses for unset fields.
 HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
-
-
-class VLLMOptions(EngineOptions):
-    dtype: str = "auto"  # vLLM's names: auto | float32 | bfloat16 | float16 (Qwen3.5 on CPU needs bfloat16)
-    max_model_len: int | None = None
-    max_num_seqs: int | None = None
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool = False  # True skips graph capture / compilation: seconds to start instead of minutes
-    enable_prefix_caching: bool = True  # the system prompt and tool scaffold are shared by every request
-    limit_mm_per_prompt: dict[str, int] | None = None  # None: one image, and one video if the profile takes video
-    mm_processor_kwargs: dict[str, Any] | None = None
-    trust_remote_code: bool = False
-    seed: int = 0
-    structured_outputs_backend: str = "guidance"  # llguidance: the same grammars as the transformers engine
-    prompt_rendering: Literal["processor", "chat"] = "processor"  # chat: vLLM's LLM.chat renders the prompt
-    engine_args: dict[str, Any] = {}  # any other vllm.LLM keyword, passed as given
 
 
 class VLLMEngine(Engine):
@@ -71,7 +57,15 @@ class VLLMEngine(Engine):
         try:
             import vllm  # noqa: F401
         except ImportError as exc:
-            raise MissingDependencyError("vllm", "vllm", "the vllm engine") from exc
+            raise setup.missing_vllm(exc) from exc
+        self.platform = setup.platform_device()
+        self._pin = setup.check_device(opts.device, self.platform, opts.tensor_parallel_size)
+        self.dtype, self.dtype_reason = setup.resolve_dtype(opts.dtype, config)
+        if setup.in_process() and _IN_PROCESS:
+            raise UnsupportedError(
+                "a second vLLM engine in this process (one per device, --devices) needs vLLM's engine-core "
+                "process: unset VLLM_ENABLE_V1_MULTIPROCESSING=0"
+            )
         self.processor = None
         self.rendering = opts.prompt_rendering
         if config.get("model_type") == "internvl_chat":
@@ -79,6 +73,8 @@ class VLLMEngine(Engine):
         else:  # renders prompts and decodes outputs exactly as the transformers engine does
             self.processor = self.family.load_processor(model, trust_remote_code=opts.trust_remote_code)
         self.llm = self._load(model, opts)
+        if setup.in_process():
+            _IN_PROCESS.add(self)
         tokenizer = self.llm.get_tokenizer()
         self._added_tokens = frozenset(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
 
@@ -90,7 +86,7 @@ class VLLMEngine(Engine):
             limits = {"image": 1, "video": 1 if getattr(self.profile, "video", False) else 0}
         kwargs: dict[str, Any] = {
             "model": model,
-            "dtype": opts.dtype,
+            "dtype": self.dtype,
             "tensor_parallel_size": opts.tensor_parallel_size,
             "enforce_eager": opts.enforce_eager,
             "enable_prefix_caching": opts.enable_prefix_caching,
@@ -99,22 +95,39 @@ class VLLMEngine(Engine):
             "seed": opts.seed,
             "structured_outputs_config": {"backend": opts.structured_outputs_backend},
         }
-        for name in ("max_model_len", "max_num_seqs", "gpu_memory_utilization", "mm_processor_kwargs"):
+        if opts.kv_cache_dtype != "auto":
+            kwargs["kv_cache_dtype"] = opts.kv_cache_dtype
+        for name in VLLMOptions.PASSED:
             value = getattr(opts, name)
             if value is not None:
                 kwargs[name] = value
+        kv_bytes = setup.kv_cache_choice(opts, self.platform)
+        if kv_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = kv_bytes
         kwargs.update(opts.engine_args)
+        setup.log.info("vLLM runs %s in %s (%s) on %s", model, self.dtype, self.dtype_reason, self.platform)
         try:
-            return LLM(**kwargs)
+            with setup.pinned_to(self._pin):
+                return LLM(**kwargs)
         except Exception as exc:
-            raise ModelLoadError(f"{model}: vLLM could not load it ({type(exc).__name__}: {exc})") from exc
+            raise ModelLoadError(f"{model}: vLLM could not load it ({type(exc).__name__}: {_first_line(exc)})") from exc
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         import vllm
 
         out.update(family=self.family_name, vllm_version=vllm.__version__, rendering=self.rendering)
+        model_config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        ran = str(getattr(model_config, "dtype", self.dtype)).removeprefix("torch.")
+        out.update(dtype=ran, dtype_reason=self.dtype_reason, platform=self.platform)
         return out
+
+    @classmethod
+    def uses_host_cpu(cls, options: dict[str, Any]) -> bool:
+        try:
+            return setup.platform_device() == "cpu"
+        except ImportError:
+            return False
 
     # ---- generation ----
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
@@ -235,6 +248,7 @@ class VLLMEngine(Engine):
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
+        _IN_PROCESS.discard(self)
         if llm is None:
             return
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
@@ -244,6 +258,13 @@ class VLLMEngine(Engine):
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()  # lets a later engine in this process initialise vLLM again
+
+
+def _first_line(exc: BaseException, limit: int = 400) -> str:
+    """vLLM's errors can be pydantic reports of many lines: the first line says what went wrong."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return line[:limit] + ("..." if len(line) > limit else "")
 
 
 def _groups(requests: list[Request]) -> list[list[int]]:

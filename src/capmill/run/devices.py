@@ -1,4 +1,8 @@
-"""Several devices on one machine: one engine per device under the local runner.
+"""Several devices on one machine: one engine per device under the local runner (data parallel).
+
+Any engine with a `device` option takes part: the transformers engine places its model on the device; the vLLM
+engine pins its engine-core process to the GPU (tensor parallel is the engine option `tensor_parallel_size`, on
+the GPUs CUDA_VISIBLE_DEVICES shows, without --devices).
 
 The pure part decides which devices to use and which requests of a batch go to which device (balanced,
 deterministic, testable without a GPU); `MultiDeviceCaptioner` holds one Captioner per device and runs a
@@ -104,7 +108,8 @@ def captioner_factory(
     engine = kwargs.get("engine") or "transformers"
     if "device" not in ENGINES.get(engine).Options.model_fields:
         raise ConfigError(
-            f"--devices: engine {engine!r} places itself; one engine per device needs --engine transformers"
+            f"--devices: engine {engine!r} has no device option; one engine per device needs an engine that has "
+            "(transformers, vllm)"
         )
 
     def make() -> MultiDeviceCaptioner:
