@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -87,6 +89,9 @@ def test_two_cpu_engines_give_the_records_of_one(tiny_model, coco_photos, tmp_pa
     two = records(["--devices", "cpu,cpu"], "two")
     assert len(one) == 5 and all(r["status"] == "ok" for r in one)
     assert two == one
+    summary = json.loads((tmp_path / "two.jsonl.capmill" / "summary.json").read_text())
+    paths = summary["session"]["fast_paths"]  # both devices' engines report; here they agree
+    assert set(paths) == {"prefix_cache", "merge_rows", "batch_invariant"} and "devices" not in paths["merge_rows"]
     # The two engines load in parallel threads; transformers' load-time no-op for tie_weights must not outlive them
     # (it did, and every later load in the process left tied weights such as BLIP-2's lm_head on the meta device).
     from transformers import PreTrainedModel

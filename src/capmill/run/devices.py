@@ -172,6 +172,20 @@ class MultiDeviceCaptioner:
                 out[i] = generation
         return [g for g in out if g is not None]
 
+    def fast_paths(self) -> dict[str, Any]:
+        """Each fast path as the devices report it: one device's entry when they agree, else every device's."""
+        reports = {device: c.fast_paths() for device, c in zip(self.devices, self.captioners, strict=True)}
+        paths = {name for report in reports.values() for name in report}
+        out: dict[str, Any] = {}
+        for name in sorted(paths):
+            states = {device: report.get(name, {}) for device, report in reports.items()}
+            if len({s.get("state") for s in states.values()}) == 1:
+                out[name] = next(iter(states.values()))
+            else:
+                out[name] = {"state": "disabled" if any(s.get("state") == "disabled" for s in states.values())
+                             else "mixed", "devices": states}  # fmt: skip
+        return out
+
     def finish(self, item: Item, request: Request | None, generation: Generation) -> Record:
         return self.main.finish(item, request, generation)
 
