@@ -52,5 +52,17 @@ def test_stepped_vllm_streams_each_row_and_aborts_cancelled_ones(tiny_model):  #
             assert "".join(t for t, _ in events[i]) == got.text.rstrip("\ufffd").rstrip()
         gone = outputs[2]
         assert len(gone.outputs[0].token_ids) <= 3 < whole[2].completion_tokens  # aborted, its KV cache freed
+
+        # the same through the engine's own generate, as the server calls it: rows with a control are stepped
+        fresh = [cap.prepare(Item(id=p.name, source=p.name, data=p.read_bytes()), None) for p in photos]
+        seen: list[tuple[str, int]] = []
+        streaming.attach(fresh[0], streaming.RowControl(lambda t, n: seen.append((t, n))))
+        try:
+            streamed = engine.generate(fresh)
+        finally:
+            streaming.detach(fresh[0])
+        assert [g.text for g in streamed] == [g.text for g in whole]
+        assert len(seen) >= 3 and seen[0][1] < streamed[0].completion_tokens // 2
+        assert "".join(t for t, _ in seen) == streamed[0].text.rstrip("\ufffd").rstrip()
     finally:
         cap.close()

@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from capmill.engines import streaming
 from capmill.engines import vllm_options as setup
 from capmill.engines.base import Engine, EngineOptions
 from capmill.engines.isolate import failed, run_isolating
@@ -219,12 +220,22 @@ class VLLMEngine(Engine):
                 )
                 outputs.extend(zip(group, outs, strict=True))
             outputs = [o for _, o in sorted(outputs, key=lambda x: x[0])]
+        elif any(controls := streaming.controls_of(requests)):  # a listening or cancellable row: step it here
+            from capmill.engines.vllm_streaming import generate_stepped
+
+            decode = (lambda ids: self.family.decode(self.processor, [ids])[0]) if self.processor is not None else None
+            outputs = generate_stepped(self.llm, prompts, params, controls, decode or self._detokenize)
         else:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         elapsed = (time.perf_counter() - t0) / max(1, len(requests))
         return [self._generation(out, elapsed, len(requests)) for out in outputs]
 
+    def _detokenize(self, ids: list[int]) -> str:
+        return self.llm.get_tokenizer().decode(ids, skip_special_tokens=True)
+
     def _generation(self, out: Any, elapsed: float, batch: int) -> Generation:
+        if out is None:  # a row cancelled before its first step (its client left)
+            return Generation(text="", finish_reason="cancelled", timings={"generate": elapsed, "batch_size": batch})
         completion = out.outputs[0]
         token_ids = list(completion.token_ids)
         text = completion.text
