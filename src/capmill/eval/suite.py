@@ -35,6 +35,7 @@ class EvalConfig:
     qa_decoding: Any = None
     qa_seed: int = 0
     coco: bool = True
+    notes: list[str] = field(default_factory=list)  # set while configuring (e.g. an embedder fallback)
 
 
 def evaluate_runs(runs: list[Run], refs: References | None, config: EvalConfig) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def evaluate_runs(runs: list[Run], refs: References | None, config: EvalConfig) 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "references": {"path": refs.source, "images": len(refs)} if refs else None,
         "embedder": config.embedder.describe() if config.embedder is not None else None,
-        "notes": [],
+        "notes": list(config.notes),
         "runs": {},
     }
     for run in runs:
