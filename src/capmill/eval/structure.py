@@ -24,7 +24,7 @@ _REFUSAL = re.compile(
 
 
 def schema_violations(structured: Any) -> list[str]:
-    """Kinds of rule the structured caption breaks (seed 000 schema); [] when it is valid."""
+    """Kinds of rule the structured caption breaks (the json-captioner's schema); [] when it is valid."""
     if not isinstance(structured, dict):
         return ["not_an_object"]
     kinds = [f"unknown_field:{k}" for k in structured if k not in _FIELDS]

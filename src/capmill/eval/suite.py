@@ -103,6 +103,8 @@ def _evaluate_run(run: Run, refs: References | None, config: EvalConfig, notes: 
                 ref_vecs = [config.embedder.encode(refs.captions[k]) for k, _ in have]
                 dist = embedding_distances([rid for _, rid in have], caps, ref_vecs)
                 res["embedding"] = dist.as_dict()
+                if dist.warning():
+                    notes.append(f"run {run.name}: {dist.warning()}")
                 res["embedding"]["excluded_without_caption"] = len(without_caption)
                 for rid, v in dist.per_item.items():
                     items[rid]["pair_sq_dist"] = v
