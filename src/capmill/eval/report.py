@@ -221,6 +221,9 @@ def _worst_page(data: dict[str, Any], n: int) -> str:
         elif any("pair_sq_dist" in i for i in items):
             _key, _rev, label = "pair_sq_dist", True, "largest caption-reference distance"
             ranked = sorted((i for i in items if "pair_sq_dist" in i), key=lambda i: -i["pair_sq_dist"])
+        elif any("clip_score" in i for i in items):
+            label = "lowest CLIPScore"
+            ranked = sorted((i for i in items if "clip_score" in i), key=lambda i: i["clip_score"])
         else:
             label = "failed or degenerate first"
             ranked = sorted(items, key=lambda i: (i["status"] in ("ok", "repaired"), not i.get("degenerate")))
@@ -231,7 +234,7 @@ def _worst_page(data: dict[str, Any], n: int) -> str:
                 flags += f"<span class='flag'>{html.escape(i['status'])}</span>"
             scores = ", ".join(
                 f"{k} {_fmt(i[k])}"
-                for k in ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "pair_sq_dist", "clip_tokens")
+                for k in ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "pair_sq_dist", "clip_score", "clip_tokens")
                 if k in i
             )
             refs = "".join(f"<li>{html.escape(r)}</li>" for r in i.get("references", [])[:5])
