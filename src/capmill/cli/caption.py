@@ -77,6 +77,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     o.add_argument("--show-prompt", action="store_true", help="print the rendered prompt of the first input; no model")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    q = p.add_argument_group("quality")
+    q.add_argument(
+        "--gate",
+        nargs="?",
+        const="default",
+        metavar="GATE.yaml",
+        help="check every caption (loops, refusals, truncation, invalid output, language, CLIPScore) and retry "
+        "failures; alone: the default policy (docs/quality.md)",
+    )
     i = p.add_argument_group("inputs")
     i.add_argument("--image-column", help="table column with image bytes, paths or URLs")
     i.add_argument("--text-column", help="table column with caption text (text mode)")
@@ -229,7 +238,12 @@ def run(args: argparse.Namespace) -> int:
 
     if getattr(args, "devices", None) and args.runner != "local":
         raise ConfigError(f"--devices is for the local runner; --runner {args.runner} places its own engines")
-    factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make_captioner)
+    make = make_captioner
+    if getattr(args, "gate", None):
+        from capmill.quality.gated import captioner_maker
+
+        make = captioner_maker(args.gate)
+    factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make)
     job = CaptionJob(
         inputs=list(args.inputs),
         make_captioner=factory,
@@ -267,6 +281,10 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         summary = runner_cls(job).run()
+        if getattr(args, "gate", None):
+            from capmill.quality.gated import add_gate_summary
+
+            summary = add_gate_summary(run_dir, summary, write=not temporary)
         if temporary:
             from capmill.run.runfolder import read_records
 
