@@ -99,6 +99,7 @@ class Generation:
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     quality: dict[str, Any] | None = None  # the gate's verdict and every attempt (capmill.quality.gate)
+    tags: dict[str, Any] | None = None  # an image tagger's tags and scores (capmill.taggers)
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Record:
     tokens: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] | None = None  # image-text score, gate verdict and attempts, when a gate ran
+    tags: dict[str, Any] | None = None  # {"tags": [...], "rating": ..., scores}, when a tagger ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -63,7 +63,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--run-dir", help="run folder: manifest, record shards, ledger, summary.json (resumable)")
     o.add_argument("--format", choices=FORMATS, help="shard format in the run folder (default: jsonl)")
     o.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: %(default)s)")
-    o.add_argument("--sidecar-kinds", default="txt,json", help="sidecar format: txt, json or both")
+    o.add_argument("--sidecar-kinds", default="txt,json", help="sidecar files: txt, json, tags (comma-separated)")
     o.add_argument("--overwrite-sidecars", action="store_true", help="replace existing sidecar files")
     o.add_argument("--runner", default="local", help="local (default) or a runner added to capmill.run.RUNNERS")
     o.add_argument("--address", help="--runner ray: the cluster to join (default: a new local one)")
@@ -85,6 +85,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="GATE.yaml",
         help="check every caption (loops, refusals, truncation, invalid output, language, CLIPScore) and retry "
         "failures; alone: the default policy (docs/quality.md)",
+    )
+    q.add_argument(
+        "--tagger",
+        metavar="MODEL|TAGGER.yaml",
+        help="WD-format ONNX tagger (folder with model.onnx + selected_tags.csv, or a YAML of its options): "
+        "tags in each record's `tags` field (docs/quality.md)",
     )
     i = p.add_argument_group("inputs")
     i.add_argument("--image-column", help="table column with image bytes, paths or URLs")
@@ -225,8 +231,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     kinds = tuple(k.strip() for k in args.sidecar_kinds.split(",") if k.strip())
-    if not kinds or set(kinds) - {"txt", "json"}:
-        raise ConfigError("--sidecar-kinds takes txt, json or txt,json")
+    if not kinds or set(kinds) - {"txt", "json", "tags"}:
+        raise ConfigError("--sidecar-kinds takes txt, json, tags or a comma-separated mix")
     runner_cls = RUNNERS.get(args.runner)
     if args.runner == "ray" and args.run_dir and not args.out and not args.format:
         args.format = "parquet"  # a cluster run writes Parquet shards unless told otherwise
@@ -239,10 +245,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "devices", None) and args.runner != "local":
         raise ConfigError(f"--devices is for the local runner; --runner {args.runner} places its own engines")
     make = make_captioner
-    if getattr(args, "gate", None):
+    if getattr(args, "gate", None) or getattr(args, "tagger", None):
         from capmill.quality.gated import captioner_maker
 
-        make = captioner_maker(args.gate)
+        make = captioner_maker(args.gate, args.tagger)
     factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make)
     job = CaptionJob(
         inputs=list(args.inputs),

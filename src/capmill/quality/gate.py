@@ -116,16 +116,16 @@ class Gate:
             results.append(reasons)
         scores: list[Any] = [None] * len(requests)
         if self.scorer is not None:
-            todo = [k for k, r in enumerate(requests) if _image(r) is not None and texts[k].strip()]
+            todo = [k for k, r in enumerate(requests) if request_image(r) is not None and texts[k].strip()]
             if todo:
-                found = self.scorer.score([_image(requests[k]) for k in todo], [texts[k] for k in todo])
+                found = self.scorer.score([request_image(requests[k]) for k in todo], [texts[k] for k in todo])
                 for k, score in zip(todo, found, strict=True):
                     scores[k] = score
                     if checks.min_clip_score is not None and score.clip_score < checks.min_clip_score:
                         results[k].append("low_score")
         if self.scorer is not None and checks.min_clip_score is not None:
             for k, r in enumerate(requests):  # an image with no text to score fails the threshold too
-                if scores[k] is None and _image(r) is not None and "low_score" not in results[k]:
+                if scores[k] is None and request_image(r) is not None and "low_score" not in results[k]:
                     results[k].append("low_score")
         return list(zip(results, scores, strict=True))
 
@@ -204,7 +204,8 @@ def _truncated(request: Request, generation: Generation) -> bool:
     return "<tool_call>" in generation.text and "</tool_call>" not in generation.text
 
 
-def _image(request: Request) -> Any:
+def request_image(request: Request) -> Any:
+    """The image a request shows the model (a video's middle frame), or None for text."""
     if request.images:
         return request.images[0]
     if request.videos and request.videos[0]:

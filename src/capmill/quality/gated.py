@@ -1,4 +1,5 @@
-"""A Captioner with the quality gate around its engine, and the gate's counts for summary.json.
+"""A Captioner with the quality gate (and an image tagger) around its engine, and the gate's counts for
+summary.json.
 
 The run pipeline calls `captioner.generate(requests)` and `captioner.finish(item, request, generation)`; this
 subclass puts the gate into the first and copies its verdict into the record in the second, so the pipeline,
@@ -7,6 +8,7 @@ the ledger and every runner work unchanged (`capmill caption --gate gate.yaml`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -14,38 +16,73 @@ from pathlib import Path
 from typing import Any
 
 from capmill.captioner import Captioner
+from capmill.errors import ConfigError
 from capmill.quality.gate import Gate
 from capmill.quality.policy import GatePolicy, load_policy
 from capmill.records import Generation, Item, Record, Request
+from capmill.taggers.wd import TaggerOptions
 
 
 class GatedCaptioner(Captioner):
     """`Captioner` whose generations pass the gate (checks, image-text score, retries) before they are parsed."""
 
-    def __init__(self, *args: Any, gate: GatePolicy | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, gate: GatePolicy | None = None, tagger: TaggerOptions | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.policy = gate or GatePolicy()
+        self.policy = gate
+        self.tagger_options = tagger
         self._gate: Gate | None = None
+        self._tagger: Any = None
 
     @property
-    def gate(self) -> Gate:
-        if self._gate is None:
+    def gate(self) -> Gate | None:
+        if self._gate is None and self.policy is not None:
             self._gate = Gate(self.policy, output=self.profile.output)
         return self._gate
+
+    @property
+    def tagger(self) -> Any:
+        if self._tagger is None and self.tagger_options is not None:
+            from capmill.taggers.wd import WDTagger
+
+            self._tagger = WDTagger(self.tagger_options)
+        return self._tagger
 
     def prompt_hash(self, mode: str | None = None) -> str:
         """The gate's policy is part of the run's identity: it changes which captions are kept."""
         from capmill.records import stable_hash
 
-        return stable_hash({"prompt": super().prompt_hash(mode), "gate": self.policy.model_dump(mode="json")})
+        return stable_hash(
+            {
+                "prompt": super().prompt_hash(mode),
+                "gate": self.policy.model_dump(mode="json") if self.policy else None,
+                "tagger": self.tagger_options.model_dump(mode="json") if self.tagger_options else None,
+            }
+        )
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         if not requests:
             return []
-        return self.gate.run(list(requests), super().generate)
+        gate = self.gate
+        generations = gate.run(list(requests), super().generate) if gate else super().generate(requests)
+        if self.tagger is not None:
+            generations = self._tag(list(requests), generations)
+        return generations
+
+    def _tag(self, requests: list[Request], generations: list[Generation]) -> list[Generation]:
+        from capmill.quality.gate import request_image
+
+        todo = [k for k, r in enumerate(requests) if request_image(r) is not None]
+        if not todo:
+            return generations
+        found = self.tagger.tag([request_image(requests[k]) for k in todo])
+        out = list(generations)
+        for k, tags in zip(todo, found, strict=True):
+            out[k] = dataclasses.replace(out[k], tags=tags.to_dict())
+        return out
 
     def finish(self, item: Item, request: Request | None, generation: Generation) -> Record:
         record = super().finish(item, request, generation)
+        record.tags = generation.tags
         quality = generation.quality
         if quality is None:
             return record
@@ -54,23 +91,40 @@ class GatedCaptioner(Captioner):
             tries = len(quality["attempts"])
             why = ", ".join(quality["reasons"])
             record.notes.append(f"quality gate: {why} after {tries} attempt{'s' if tries > 1 else ''}")
-            if self.policy.on_fail == "invalid" and record.ok:
+            if self.policy is not None and self.policy.on_fail == "invalid" and record.ok:
                 record.status = "invalid"
                 record.error = f"quality gate: {why}"
         return record
 
 
-def make_gated_captioner(policy_path: str | Path | None, kwargs: dict[str, Any]) -> GatedCaptioner:
+def make_gated_captioner(
+    gate: GatePolicy | None, tagger: TaggerOptions | None, kwargs: dict[str, Any]
+) -> GatedCaptioner:
     """The factory the CLI hands to the runners (picklable through functools.partial)."""
-    return GatedCaptioner(gate=load_policy(policy_path), **kwargs)
+    return GatedCaptioner(gate=gate, tagger=tagger, **kwargs)
 
 
-def captioner_maker(spec: str) -> Callable[[dict[str, Any]], GatedCaptioner]:
-    """`--gate FILE` (or `--gate` alone: the defaults) -> the make_captioner the runners call; the policy is read
-    and checked now, so a bad file fails before any work."""
-    path = None if spec == "default" else spec
-    load_policy(path)
-    return functools.partial(make_gated_captioner, path)
+def captioner_maker(gate: str | None, tagger: str | None) -> Callable[[dict[str, Any]], GatedCaptioner]:
+    """`--gate FILE` (or `--gate` alone: the defaults) and `--tagger MODEL|FILE` -> the make_captioner the runners
+    call; both are read and checked now, so a bad file fails before any work."""
+    policy = load_policy(None if gate == "default" else gate) if gate else None
+    return functools.partial(make_gated_captioner, policy, load_tagger_options(tagger) if tagger else None)
+
+
+def load_tagger_options(spec: str) -> TaggerOptions:
+    """A tagger folder or hub id (default options), or a YAML file of TaggerOptions."""
+    if spec.endswith((".yaml", ".yml")):
+        import yaml
+        from pydantic import ValidationError
+
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"--tagger {spec}: no such file")
+        try:
+            return TaggerOptions.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        except (yaml.YAMLError, ValidationError) as exc:
+            raise ConfigError(f"--tagger {spec}: {exc}") from exc
+    return TaggerOptions(model=spec)
 
 
 def add_gate_summary(run_dir: str, summary: dict[str, Any], write: bool) -> dict[str, Any]:
