@@ -92,6 +92,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="WD-format ONNX tagger (folder with model.onnx + selected_tags.csv, or a YAML of its options): "
         "tags in each record's `tags` field (docs/quality.md)",
     )
+    q.add_argument(
+        "--embed",
+        metavar="DIR",
+        help="also write copies of the JPEG/PNG inputs into DIR with the caption and tags inside "
+        "(XMP dc:description/dc:subject, EXIF ImageDescription, PNG text)",
+    )
+    q.add_argument(
+        "--in-place", action="store_true", help="write caption and tags into the input images themselves (atomic)"
+    )
     i = p.add_argument_group("inputs")
     i.add_argument("--image-column", help="table column with image bytes, paths or URLs")
     i.add_argument("--text-column", help="table column with caption text (text mode)")
@@ -233,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
     kinds = tuple(k.strip() for k in args.sidecar_kinds.split(",") if k.strip())
     if not kinds or set(kinds) - {"txt", "json", "tags"}:
         raise ConfigError("--sidecar-kinds takes txt, json, tags or a comma-separated mix")
+    if getattr(args, "embed", None) and getattr(args, "in_place", False):
+        raise ConfigError("give --embed DIR (copies) or --in-place (the originals), not both")
     runner_cls = RUNNERS.get(args.runner)
     if args.runner == "ray" and args.run_dir and not args.out and not args.format:
         args.format = "parquet"  # a cluster run writes Parquet shards unless told otherwise
@@ -291,6 +302,12 @@ def run(args: argparse.Namespace) -> int:
             from capmill.quality.gated import add_gate_summary
 
             summary = add_gate_summary(run_dir, summary, write=not temporary)
+        if getattr(args, "embed", None) or getattr(args, "in_place", False):
+            from capmill.data.sinks.embedded import embed_run
+
+            embedded = embed_run(run_dir, args.embed, args.in_place)
+            if not args.quiet:
+                print(f"capmill caption: wrote {embedded.written} images, skipped {embedded.skipped}", file=sys.stderr)
         if temporary:
             from capmill.run.runfolder import read_records
 
