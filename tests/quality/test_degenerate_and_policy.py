@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from capmill.errors import ConfigError
 from capmill.quality.degenerate import is_loop, is_refusal, wrong_language
 from capmill.quality.gate import apply_attempt, with_prompt
 from capmill.quality.policy import Attempt, GatePolicy, load_policy
 from capmill.records import Decoding, Request
+
+PHOTO = Image.new("RGB", (8, 8))
 
 
 @pytest.mark.parametrize(
@@ -73,7 +76,7 @@ def _request(**kw) -> Request:
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]},
     ]
-    return Request(item_id="a", messages=messages, decoding=Decoding(max_new_tokens=40), **kw)
+    return Request(item_id="a", messages=messages, decoding=Decoding(max_new_tokens=40), images=[PHOTO], **kw)
 
 
 def test_an_attempt_changes_decoding_budget_and_prompt_only():
@@ -87,3 +90,7 @@ def test_an_attempt_changes_decoding_budget_and_prompt_only():
     assert request.messages[1]["content"][1]["text"] == "Describe this image."  # the original is untouched
     plain = Request(item_id="b", messages=[], decoding=Decoding(), prompt_text="Question: describe. Answer:")
     assert with_prompt(plain, "Caption:").prompt_text == "Caption:"
+    hinted = apply_attempt(request, Attempt(), hint=" Answer in at most 20 words.")
+    assert hinted.messages[1]["content"][-1]["text"] == "Describe this image. Answer in at most 20 words."
+    text_mode = Request(item_id="c", messages=request.messages, decoding=Decoding())  # no image: text is the input
+    assert apply_attempt(text_mode, Attempt(prompt="other"), hint=" short").messages == request.messages

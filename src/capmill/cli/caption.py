@@ -93,6 +93,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "tags in each record's `tags` field (docs/quality.md)",
     )
     q.add_argument(
+        "--budget",
+        metavar="ENCODER:TOKENS",
+        help="keep captions within a text encoder's tokens (clip:77, t5:512, or TOKENIZER:N): one over it is "
+        "asked for again with a word limit, never cut; the record says its token count",
+    )
+    q.add_argument(
         "--embed",
         metavar="DIR",
         help="also write copies of the JPEG/PNG inputs into DIR with the caption and tags inside "
@@ -256,10 +262,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "devices", None) and args.runner != "local":
         raise ConfigError(f"--devices is for the local runner; --runner {args.runner} places its own engines")
     make = make_captioner
-    if getattr(args, "gate", None) or getattr(args, "tagger", None):
+    if getattr(args, "gate", None) or getattr(args, "tagger", None) or getattr(args, "budget", None):
         from capmill.quality.gated import captioner_maker
 
-        make = captioner_maker(args.gate, args.tagger)
+        make = captioner_maker(args.gate, args.tagger, args.budget)
     factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make)
     job = CaptionJob(
         inputs=list(args.inputs),
@@ -298,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         summary = runner_cls(job).run()
-        if getattr(args, "gate", None):
+        if getattr(args, "gate", None) or getattr(args, "budget", None):
             from capmill.quality.gated import add_gate_summary
 
             summary = add_gate_summary(run_dir, summary, write=not temporary)

@@ -31,6 +31,11 @@ class Gate:
             from capmill.quality.clip_score import shared_scorer
 
             self.scorer = shared_scorer(policy.scorer.model, policy.scorer.device, policy.scorer.batch_size)
+        self.counter: Any = None
+        if policy.budget is not None:
+            from capmill.eval.lengths import budget_encoder
+
+            self.counter = budget_encoder(f"{policy.budget.encoder}:{policy.budget.limit}")
 
     def prepare(self, request: Request) -> Request:
         """The request as the engine should get it: asking to stop repetition loops during decoding."""
@@ -47,13 +52,14 @@ class Gate:
         best: list[tuple[int, int]] = [(10**6, 0)] * len(requests)  # (problems, attempt) of the kept generation
         pending = list(range(len(requests)))
         current = {i: (requests[i], first[i]) for i in pending}
+        labels: dict[int, str] = {}
         for number in range(len(self.policy.retries()) + 1):
             verdicts = self.check([current[i][0] for i in pending], [current[i][1] for i in pending])
             failing = []
-            for i, (reasons, score) in zip(pending, verdicts, strict=True):
+            for i, (reasons, measured) in zip(pending, verdicts, strict=True):
                 request, generation = current[i]
-                label = "first try" if number == 0 else self.policy.retries()[number - 1].label()
-                history[i].append(_attempt_entry(number, label, request, generation, reasons, score))
+                label = labels.get(i, "first try")
+                history[i].append(_attempt_entry(number, label, request, generation, reasons, measured))
                 if len(reasons) < best[i][0]:
                     best[i] = (len(reasons), number)
                     chosen[i] = generation
@@ -62,9 +68,19 @@ class Gate:
             if not failing or number == len(self.policy.retries()):
                 break
             attempt = self.policy.retries()[number]
-            retry = [apply_attempt(requests[i], attempt) for i in failing]
+            budget = self.policy.budget
+            retry = [
+                apply_attempt(
+                    requests[i],
+                    attempt,
+                    hint=budget.hint() if budget and "over_budget" in history[i][-1]["reasons"] else None,
+                )
+                for i in failing
+            ]
             for i, request, generation in zip(failing, retry, generate(retry), strict=True):
                 current[i] = (request, generation)
+                hinted = request.messages != requests[i].messages or request.prompt_text != requests[i].prompt_text
+                labels[i] = attempt.label() + (" + word limit" if hinted and attempt.prompt is None else "")
             pending = failing
         spent = time.perf_counter() - start
         out = []
@@ -82,11 +98,14 @@ class Gate:
             if "clip_score" in kept:
                 quality["clip_score"] = kept["clip_score"]
                 quality["clip_truncated"] = kept["clip_truncated"]
+            if "budget_tokens" in kept and self.policy.budget is not None:
+                budget = self.policy.budget
+                quality["budget"] = {"encoder": budget.encoder, "limit": budget.limit, "tokens": kept["budget_tokens"]}
             out.append(dataclasses.replace(generation, quality=quality))
         return out
 
-    def check(self, requests: list[Request], generations: list[Generation]) -> list[tuple[list[str], Any]]:
-        """(reasons, image-text score or None) for each generation; [] reasons means it passed."""
+    def check(self, requests: list[Request], generations: list[Generation]) -> list[tuple[list[str], dict]]:
+        """(reasons, measurements: clip_score, clip_truncated, budget_tokens) per generation; [] reasons: passed."""
         checks = self.policy.checks
         texts: list[str] = []
         results: list[list[str]] = []
@@ -114,6 +133,15 @@ class Gate:
                         reasons.append("wrong_language")
             texts.append(text)
             results.append(reasons)
+        extras: list[dict[str, Any]] = [{} for _ in requests]
+        if self.counter is not None:
+            for k, text in enumerate(texts):
+                if generations[k].error:
+                    continue
+                tokens = self.counter.count(text)
+                extras[k]["budget_tokens"] = tokens
+                if tokens > self.counter.limit:
+                    results[k].append("over_budget")
         scores: list[Any] = [None] * len(requests)
         if self.scorer is not None:
             todo = [k for k, r in enumerate(requests) if request_image(r) is not None and texts[k].strip()]
@@ -121,17 +149,19 @@ class Gate:
                 found = self.scorer.score([request_image(requests[k]) for k in todo], [texts[k] for k in todo])
                 for k, score in zip(todo, found, strict=True):
                     scores[k] = score
+                    extras[k].update(clip_score=score.clip_score, clip_truncated=score.truncated)
                     if checks.min_clip_score is not None and score.clip_score < checks.min_clip_score:
                         results[k].append("low_score")
         if self.scorer is not None and checks.min_clip_score is not None:
             for k, r in enumerate(requests):  # an image with no text to score fails the threshold too
                 if scores[k] is None and request_image(r) is not None and "low_score" not in results[k]:
                     results[k].append("low_score")
-        return list(zip(results, scores, strict=True))
+        return list(zip(results, extras, strict=True))
 
 
-def apply_attempt(request: Request, attempt: Attempt) -> Request:
-    """The request with the attempt's changes: decoding fields, a larger budget, another prompt."""
+def apply_attempt(request: Request, attempt: Attempt, hint: str | None = None) -> Request:
+    """The request with the attempt's changes: decoding fields, a larger budget, another prompt, and `hint`
+    appended to the prompt. Requests without an image or video (text mode: the prompt is the input) keep theirs."""
     budget = attempt.max_new_tokens
     if attempt.max_new_tokens_factor is not None:
         budget = max(budget or 0, int(round(request.decoding.max_new_tokens * attempt.max_new_tokens_factor)))
@@ -144,9 +174,27 @@ def apply_attempt(request: Request, attempt: Attempt) -> Request:
         seed=attempt.seed,
     )
     changed = dataclasses.replace(request, decoding=decoding)
-    if attempt.prompt is not None:
-        changed = with_prompt(changed, attempt.prompt)
+    if request_image(request) is None:
+        return changed
+    prompt = attempt.prompt if attempt.prompt is not None else None
+    if hint:
+        prompt = (prompt if prompt is not None else prompt_of(request)) + hint
+    if prompt is not None:
+        changed = with_prompt(changed, prompt)
     return changed
+
+
+def prompt_of(request: Request) -> str:
+    """The text of the request's last user message (or its plain prompt)."""
+    if request.prompt_text is not None:
+        return request.prompt_text
+    for message in reversed(request.messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            return " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
+    return ""
 
 
 def with_prompt(request: Request, prompt: str) -> Request:
@@ -168,7 +216,7 @@ def with_prompt(request: Request, prompt: str) -> Request:
 
 
 def _attempt_entry(
-    number: int, label: str, request: Request, generation: Generation, reasons: list[str], score: Any
+    number: int, label: str, request: Request, generation: Generation, reasons: list[str], measured: dict
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "attempt": number,
@@ -181,9 +229,7 @@ def _attempt_entry(
     }
     if generation.error:
         entry["error"] = generation.error
-    if score is not None:
-        entry["clip_score"] = score.clip_score
-        entry["clip_truncated"] = score.truncated
+    entry.update(measured)
     return entry
 
 

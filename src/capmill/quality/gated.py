@@ -18,7 +18,7 @@ from typing import Any
 from capmill.captioner import Captioner
 from capmill.errors import ConfigError
 from capmill.quality.gate import Gate
-from capmill.quality.policy import GatePolicy, load_policy
+from capmill.quality.policy import GatePolicy, budget_only_policy, load_policy, parse_budget
 from capmill.records import Generation, Item, Record, Request
 from capmill.taggers.wd import TaggerOptions
 
@@ -104,10 +104,18 @@ def make_gated_captioner(
     return GatedCaptioner(gate=gate, tagger=tagger, **kwargs)
 
 
-def captioner_maker(gate: str | None, tagger: str | None) -> Callable[[dict[str, Any]], GatedCaptioner]:
-    """`--gate FILE` (or `--gate` alone: the defaults) and `--tagger MODEL|FILE` -> the make_captioner the runners
-    call; both are read and checked now, so a bad file fails before any work."""
+def captioner_maker(
+    gate: str | None, tagger: str | None, budget: str | None = None
+) -> Callable[[dict[str, Any]], GatedCaptioner]:
+    """`--gate FILE` (or `--gate` alone: the defaults), `--tagger MODEL|FILE` and `--budget ENCODER:N` -> the
+    make_captioner the runners call; all are read and checked now, so a bad one fails before any work."""
     policy = load_policy(None if gate == "default" else gate) if gate else None
+    if budget:
+        from capmill.eval.lengths import budget_encoder
+
+        parsed = parse_budget(budget)
+        budget_encoder(budget)  # the tokenizer loads now, or the run does not start
+        policy = budget_only_policy(parsed) if policy is None else policy.model_copy(update={"budget": parsed})
     return functools.partial(make_gated_captioner, policy, load_tagger_options(tagger) if tagger else None)
 
 

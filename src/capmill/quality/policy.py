@@ -31,6 +31,7 @@ REASONS = (
     "structured_invalid",
     "wrong_language",
     "low_score",
+    "over_budget",
 )
 
 
@@ -56,6 +57,20 @@ class Scorer(BaseModel):
     model: str
     device: str = "cpu"
     batch_size: int = Field(32, ge=1)
+
+
+class Budget(BaseModel):
+    """A text encoder's token budget every caption must fit (`--budget clip:77`), special tokens included."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: str  # clip | t5 | a tokenizer's hub id or path
+    limit: int = Field(ge=3)
+
+    def hint(self) -> str:
+        """What a retry adds to the prompt: a word count that fits (about 1.3 tokens per English word)."""
+        words = max(3, int((self.limit - 2) / 1.3))
+        return f" Answer in at most {words} words."
 
 
 class Attempt(BaseModel):
@@ -97,6 +112,7 @@ class GatePolicy(BaseModel):
     max_attempts: int = Field(3, ge=1)
     on_fail: Literal["keep", "invalid"] = "keep"
     stop_repetition: bool = True
+    budget: Budget | None = None
 
     def retries(self) -> list[Attempt]:
         return self.attempts[: self.max_attempts - 1]
@@ -104,6 +120,24 @@ class GatePolicy(BaseModel):
     def check_config(self) -> None:
         if self.checks.min_clip_score is not None and self.scorer is None:
             raise ConfigError("gate: checks.min_clip_score needs a scorer (scorer: {model: ...})")
+
+
+def budget_only_policy(budget: Budget) -> GatePolicy:
+    """`--budget` without `--gate`: only the budget is checked; a caption over it is asked for again with a word
+    limit in the prompt, first as it was decoded, then sampled."""
+    return GatePolicy(
+        checks=Checks(empty=False, repetition_loop=False, refusal=False, truncated=False, structured_invalid=False),
+        attempts=[Attempt(), Attempt(do_sample=True, temperature=0.7, top_p=0.95, seed=1)],
+        stop_repetition=False,
+        budget=budget,
+    )
+
+
+def parse_budget(spec: str) -> Budget:
+    name, sep, limit = spec.rpartition(":")
+    if not sep or not name or not limit.isdigit():
+        raise ConfigError(f"--budget {spec!r}: expected ENCODER:TOKENS, e.g. clip:77, t5:512 or a tokenizer path:N")
+    return Budget(encoder=name, limit=int(limit))
 
 
 def load_policy(path: str | Path | None) -> GatePolicy:
