@@ -308,6 +308,13 @@ def run(args: argparse.Namespace) -> int:
             from capmill.quality.gated import add_gate_summary
 
             summary = add_gate_summary(run_dir, summary, write=not temporary)
+            if not args.quiet:
+                g = summary["gate"]
+                print(
+                    f"capmill caption: quality gate: {g['passed_first_try']} passed at once, {g['retried']} retried, "
+                    f"{g['fixed']} fixed, {g['not_fixed']} not fixed {g['not_fixed_by_reason'] or ''}".rstrip(),
+                    file=sys.stderr,
+                )
         if getattr(args, "embed", None) or getattr(args, "in_place", False):
             from capmill.data.sinks.embedded import embed_run
 
