@@ -72,3 +72,14 @@ def test_a_missing_model_is_a_model_load_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="could not be loaded"):
         ClipScorer(str(tmp_path / "nothing"))
+
+
+def test_the_gate_scores_on_the_captioners_device_unless_told(tiny_clip):
+    from capmill.quality.gate import Gate
+    from capmill.quality.policy import GatePolicy, Scorer
+
+    same = Gate(GatePolicy(scorer=Scorer(model=str(tiny_clip))), device="cpu")
+    assert same.scorer.device == "cpu" and str(next(same.scorer.model.parameters()).device) == "cpu"
+    auto = Gate(GatePolicy(scorer=Scorer(model=str(tiny_clip))), device=None)  # no GPU here: the CPU
+    assert auto.scorer.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert Gate(GatePolicy(scorer=Scorer(model=str(tiny_clip), device="cpu")), device="cuda:3").scorer.device == "cpu"

@@ -105,6 +105,15 @@ def _tensor(features: Any) -> Any:
     return features
 
 
+def resolve_device(device: str | None) -> str:
+    """ "auto" or None: the first GPU when there is one, else the CPU; anything else as given."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
 @lru_cache(maxsize=4)
 def shared_scorer(model: str, device: str = "cpu", batch_size: int = 32) -> ClipScorer:
     """One scorer per (model, device) in a process, shared by every engine and stage that asks for it."""

@@ -23,14 +23,15 @@ from capmill.records import Generation, Request
 class Gate:
     """Checks and retries for one captioner; `output` is the profile's ("text" or "tool_call")."""
 
-    def __init__(self, policy: GatePolicy, output: str = "text", scorer: Any = None):
+    def __init__(self, policy: GatePolicy, output: str = "text", scorer: Any = None, device: str | None = None):
         self.policy = policy
         self.output = output
         self.scorer = scorer
         if scorer is None and policy.scorer is not None:
-            from capmill.quality.clip_score import shared_scorer
+            from capmill.quality.clip_score import resolve_device, shared_scorer
 
-            self.scorer = shared_scorer(policy.scorer.model, policy.scorer.device, policy.scorer.batch_size)
+            wanted = device if policy.scorer.device == "same" else policy.scorer.device
+            self.scorer = shared_scorer(policy.scorer.model, resolve_device(wanted), policy.scorer.batch_size)
         self.counter: Any = None
         if policy.budget is not None:
             from capmill.eval.lengths import budget_encoder

@@ -36,7 +36,8 @@ class GatedCaptioner(Captioner):
     @property
     def gate(self) -> Gate | None:
         if self._gate is None and self.policy is not None:
-            self._gate = Gate(self.policy, output=self.profile.output)
+            device = self.engine_options.get("device")  # the scorer's "same" device
+            self._gate = Gate(self.policy, output=self.profile.output, device=device)
         return self._gate
 
     @property

@@ -55,7 +55,7 @@ class Scorer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    device: str = "cpu"
+    device: str = "same"  # "same": the captioner's device; or cpu, cuda, cuda:1, ...
     batch_size: int = Field(32, ge=1)
 
 
