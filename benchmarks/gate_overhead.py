@@ -92,6 +92,12 @@ def main() -> None:
     )
     same = all(r.raw == s.raw for r, s in zip(outputs["a"], outputs["b"], strict=True))
     print(f"  first tries identical to the ungated run: {same}")
+    for name in "bcd":  # measured inside the one process, so a busy machine slows both sides alike
+        gate = captioners[name].gate
+        print(
+            f"  ({name}) the gate's own time / its engine time: {gate.seconds:.2f} s / {gate.engine_seconds:.2f} s "
+            f"= {gate.seconds / gate.engine_seconds:.2%}"
+        )
     from capmill.quality.gate import Gate
     from capmill.records import Generation, Request
 

@@ -32,6 +32,8 @@ class Gate:
 
             wanted = device if policy.scorer.device == "same" else policy.scorer.device
             self.scorer = shared_scorer(policy.scorer.model, resolve_device(wanted), policy.scorer.batch_size)
+        self.seconds = 0.0  # the gate's own time so far (checks, scores), and the engine's inside it
+        self.engine_seconds = 0.0
         self.counter: Any = None
         if policy.budget is not None:
             from capmill.eval.lengths import budget_encoder
@@ -46,8 +48,18 @@ class Gate:
 
     def run(self, requests: list[Request], generate: Callable[[list[Request]], list[Generation]]) -> list[Generation]:
         start = time.perf_counter()
+        engine_time = 0.0
+
+        def timed(batch: list[Request]) -> list[Generation]:
+            nonlocal engine_time
+            t0 = time.perf_counter()
+            try:
+                return generate(batch)
+            finally:
+                engine_time += time.perf_counter() - t0
+
         requests = [self.prepare(r) for r in requests]
-        first = generate(requests)
+        first = timed(requests)
         history: list[list[dict[str, Any]]] = [[] for _ in requests]
         chosen: list[Generation] = list(first)
         best: list[tuple[int, int]] = [(10**6, 0)] * len(requests)  # (problems, attempt) of the kept generation
@@ -78,12 +90,14 @@ class Gate:
                 )
                 for i in failing
             ]
-            for i, request, generation in zip(failing, retry, generate(retry), strict=True):
+            for i, request, generation in zip(failing, retry, timed(retry), strict=True):
                 current[i] = (request, generation)
                 hinted = request.messages != requests[i].messages or request.prompt_text != requests[i].prompt_text
                 labels[i] = attempt.label() + (" + word limit" if hinted and attempt.prompt is None else "")
             pending = failing
-        spent = time.perf_counter() - start
+        spent = time.perf_counter() - start - engine_time  # the gate's own time: checks and scores
+        self.seconds += spent
+        self.engine_seconds += engine_time
         out = []
         for i, generation in enumerate(chosen):
             attempts = history[i]
@@ -94,7 +108,7 @@ class Gate:
                 "attempt": best[i][1],
                 "fixed_by": kept["change"] if best[i][1] > 0 and not kept["reasons"] else None,
                 "attempts": attempts,
-                "gate_seconds": spent / max(len(chosen), 1),
+                "gate_seconds": spent / max(len(chosen), 1),  # this item's share of the gate's own time
             }
             if "clip_score" in kept:
                 quality["clip_score"] = kept["clip_score"]
