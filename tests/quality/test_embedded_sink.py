@@ -156,3 +156,8 @@ def test_cli_embeds_captions_and_tags_into_copies(tiny_model, coco_photos, tmp_p
         assert xmp["Xmp.dc.description"] == {'lang="x-default"': caption}
         assert xmp.get("Xmp.dc.subject", []) == row["tags"]["tags"]
     assert main([*args, "--embed", "x", "--in-place", "--out", str(out)]) == 2
+    assert main([*args, "--in-place", "--out", str(tmp_path / "again.jsonl"), "-q"]) == 0  # the originals now
+    for row in rows:
+        exif, _ = _read_exiv2(row["source"])
+        assert exif["Exif.Image.ImageDescription"] == re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f]", "", row["caption"])
+    assert sorted(p.name for p in photos.iterdir()) == sorted(p.name for p in coco_photos[:2])  # no temporaries
