@@ -85,6 +85,7 @@ class Request:
     chat_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. enable_thinking=False
     constraint: dict[str, Any] | None = None  # {"json_schema": {...}} or {"grammar": "..."}
     prompt_text: str | None = None  # plain prompt for families without a chat template (BLIP-2)
+    stop_repetition: dict[str, int] | None = None  # stop a repetition loop during decoding (capmill.quality)
 
 
 @dataclass
@@ -97,6 +98,8 @@ class Generation:
     finish_reason: str = "stop"  # "stop" | "length" | "error"
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, Any] | None = None  # the gate's verdict and every attempt (capmill.quality.gate)
+    tags: dict[str, Any] | None = None  # an image tagger's tags and scores (capmill.taggers)
 
 
 @dataclass
@@ -122,6 +125,8 @@ class Record:
     timings: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] | None = None  # image-text score, gate verdict and attempts, when a gate ran
+    tags: dict[str, Any] | None = None  # {"tags": [...], "rating": ..., scores}, when a tagger ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -123,3 +123,42 @@ def test_report_of_structured_and_text_mode_runs(tmp_path):
     for title in ("Schema violations", "Problems reported by the parser", "Structured fields", "Grounding (text mode)"):
         assert title in html
     assert "outdoor 50%" in html and "moon 50%" in html
+
+
+def test_eval_runs_offline_with_its_defaults(tmp_path, two_runs, loo):
+    """With the hub switched off the default embedder is replaced by the bundled one, said in a note, and the
+    whole report is written (a subprocess, since the hub's offline switch is read at import)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import capmill
+
+    human, _ = two_runs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(capmill.__file__).parents[1])}
+    out = tmp_path / "offline"
+    cmd = [sys.executable, "-m", "capmill", "eval", str(human), "--refs", str(loo["refs"]), "--metrics", "bleu"]
+    proc = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["embedder"]["model"] == "all-MiniLM-L6-v2"
+    assert data["runs"]["human"]["embedding"]["pair_fgd"] >= 0
+    note = next(n for n in data["notes"] if "thenlper/gte-small" in n)
+    assert "unreachable" in note and "bundled all-MiniLM-L6-v2" in note
+    assert "thenlper/gte-small" in (out / "index.html").read_text()
+    assert "note: embedder 'thenlper/gte-small'" in proc.stdout
+
+
+def test_an_unloadable_embedder_is_skipped_when_nothing_can_stand_in(monkeypatch):
+    from pathlib import Path
+
+    from capmill.eval import embeddings
+
+    monkeypatch.setattr(embeddings, "hub_reachable", lambda timeout=3.0: False)
+    embedder, notes = embeddings.load_embedder("all-MiniLM-L6-v2-not-bundled/nowhere")
+    assert embedder is not None and embedder.name == "all-MiniLM-L6-v2"
+    assert "not in the local cache" in notes[0]
+    monkeypatch.setattr(embeddings, "bundled_minilm_path", lambda: Path("/nonexistent/all-MiniLM-L6-v2"))
+    embedder, notes = embeddings.load_embedder("all-MiniLM-L6-v2")
+    assert embedder is None and notes[0].endswith("embedding distances skipped")

@@ -83,4 +83,4 @@ def test_pairwise_fgd_by_hand():
     assert pairwise_fgd(caps, refs) == 13.5
     dist = embedding_distances(["a", "b"], caps, refs)
     assert dist.per_item == {"a": 25.0, "b": 2.0}
-    assert dist.as_dict()["pair_fgd"] == 13.5 and "seed 004" in dist.as_dict()["pair_fgd_label"]
+    assert dist.as_dict()["pair_fgd"] == 13.5 and "Fréchet GTE Distance" in dist.as_dict()["pair_fgd_label"]

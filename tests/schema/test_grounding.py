@@ -72,13 +72,26 @@ def test_one_ungrounded_word_makes_the_item_ungrounded():
     ("phrase", "source"),
     [
         ("chair", "two chairs by a window"),  # plural
-        ("Chairs", "A CHAIR by a window"),  # case folding
+        ("Chairs", "TWO CHAIRS by a window"),  # case folding
         ("man riding horse", "a man rides a horse"),  # inflection
         ("woman sitting on bench", "a woman sits on a bench"),  # doubled consonant
-        ("men", "a man and a woman"),  # irregular plural
+        ("men", "two men and a woman"),  # irregular plural
+        ("man", "three men"),
         ("knife", "knives on a board"),
-        ("boxes", "a box of apples"),
-        ("puppies", "a puppy in a basket"),
+        ("boxes", "boxes of apples"),
+        ("puppies", "puppies in a basket"),
+        ("sang", "a choir sings"),  # irregular verbs, from the lemmatiser's dictionary
+        ("began", "the race begins"),
+        ("bought", "people buy fruit"),
+        ("spoke", "a man speaks"),
+        ("woman singing", "a woman sang"),
+        ("person", "people on a street"),
+        ("leaf", "leaves on the ground"),
+        ("one dog", "a dog and 2 cats"),  # "a" is one
+        ("two cats", "a dog and 2 cats"),
+        ("dogs", "three dogs"),  # a plural agrees with any number over one
+        ("three dogs", "3 dogs"),
+        ("a pair of shoes", "a pair of shoes"),
         ("t-shirt", "a man in a t shirt"),  # hyphen / space
         ("t shirt", "a man in a t-shirt"),
         ("tshirt", "a man in a t-shirt"),
@@ -104,6 +117,15 @@ def test_normalisation(phrase, source):
         ("dog on bed", "a dog under a bed"),  # a changed relation word counts
         ("red car", "a blue car"),
         ("it", "a dog"),  # a phrase of only function words is still checked
+        ("cares", "two cars"),  # no suffix guessing: cares is care, never car
+        ("cars", "she cares"),
+        ("two dogs", "a dog and 2 cats"),  # numbers count
+        ("one cat", "a dog and 2 cats"),
+        ("three cats", "a dog and 2 cats"),
+        ("dogs", "a dog on a couch"),  # plurals count
+        ("a dog", "dogs on a couch"),
+        ("men", "a man and a woman"),
+        ("puppies", "a puppy in a basket"),
     ],
 )
 def test_negatives(phrase, source):
@@ -135,3 +157,23 @@ def test_parse_attaches_grounding_only_with_a_source_and_a_caption():
     assert parse_tool_call("no call here", source_text=SOURCE_1).grounding is None
     off = parse_tool_call(text, source_text="a dog on a beach")
     assert off.status == "ok" and off.grounding.rate == 0.0
+
+
+def test_a_contradicted_count_is_reported_with_its_number():
+    report = ground(caption(subjects=[("two dogs", ["brown"])]), "a brown dog and 2 cats")
+    assert report.items[0].missing == ("two dogs",)
+    assert report.items[1].grounded
+
+
+def test_actions_count_explicit_numbers_but_not_verb_forms():
+    source = "a man rides a horse past two dogs"
+    assert ground(caption(actions=["man rides horse"]), source).rate == 1.0  # "rides" is the verb here
+    assert ground(caption(actions=["horse past two dogs"]), source).rate == 1.0
+    assert ground(caption(actions=["horse past three dogs"]), source).rate == 0.0
+
+
+def test_the_lemmatiser_works_offline_from_its_wheel(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import lemminflect
+
+    assert lemminflect.getAllLemmas("sang") == {"VERB": ("sing",)}

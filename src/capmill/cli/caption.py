@@ -67,7 +67,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--run-dir", help="run folder: manifest, record shards, ledger, summary.json (resumable)")
     o.add_argument("--format", choices=FORMATS, help="shard format in the run folder (default: jsonl)")
     o.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: %(default)s)")
-    o.add_argument("--sidecar-kinds", default="txt,json", help="sidecar format: txt, json or both")
+    o.add_argument("--sidecar-kinds", default="txt,json", help="sidecar files: txt, json, tags (comma-separated)")
     o.add_argument("--overwrite-sidecars", action="store_true", help="replace existing sidecar files")
     o.add_argument("--runner", default="local", help="local (default) or a runner added to capmill.run.RUNNERS")
     o.add_argument("--address", help="--runner ray: the cluster to join (default: a new local one)")
@@ -81,6 +81,36 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     o.add_argument("--show-prompt", action="store_true", help="print the rendered prompt of the first input; no model")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    q = p.add_argument_group("quality")
+    q.add_argument(
+        "--gate",
+        nargs="?",
+        const="default",
+        metavar="GATE.yaml",
+        help="check every caption (loops, refusals, truncation, invalid output, language, CLIPScore) and retry "
+        "failures; alone: the default policy (docs/quality.md)",
+    )
+    q.add_argument(
+        "--tagger",
+        metavar="MODEL|TAGGER.yaml",
+        help="WD-format ONNX tagger (folder with model.onnx + selected_tags.csv, or a YAML of its options): "
+        "tags in each record's `tags` field (docs/quality.md)",
+    )
+    q.add_argument(
+        "--budget",
+        metavar="ENCODER:TOKENS",
+        help="keep captions within a text encoder's tokens (clip:77, t5:512, or TOKENIZER:N): one over it is "
+        "asked for again with a word limit, never cut; the record says its token count",
+    )
+    q.add_argument(
+        "--embed",
+        metavar="DIR",
+        help="also write copies of the JPEG/PNG inputs into DIR with the caption and tags inside "
+        "(XMP dc:description/dc:subject, EXIF ImageDescription, PNG text)",
+    )
+    q.add_argument(
+        "--in-place", action="store_true", help="write caption and tags into the input images themselves (atomic)"
+    )
     i = p.add_argument_group("inputs")
     i.add_argument("--image-column", help="table column with image bytes, paths or URLs")
     i.add_argument("--text-column", help="table column with caption text (text mode)")
@@ -222,8 +252,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     kinds = tuple(k.strip() for k in args.sidecar_kinds.split(",") if k.strip())
-    if not kinds or set(kinds) - {"txt", "json"}:
-        raise ConfigError("--sidecar-kinds takes txt, json or txt,json")
+    if not kinds or set(kinds) - {"txt", "json", "tags"}:
+        raise ConfigError("--sidecar-kinds takes txt, json, tags or a comma-separated mix")
+    if getattr(args, "embed", None) and getattr(args, "in_place", False):
+        raise ConfigError("give --embed DIR (copies) or --in-place (the originals), not both")
     runner_cls = RUNNERS.get(args.runner)
     if args.runner == "ray" and args.run_dir and not args.out and not args.format:
         args.format = "parquet"  # a cluster run writes Parquet shards unless told otherwise
@@ -235,7 +267,12 @@ def run(args: argparse.Namespace) -> int:
 
     if getattr(args, "devices", None) and args.runner != "local":
         raise ConfigError(f"--devices is for the local runner; --runner {args.runner} places its own engines")
-    factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make_captioner)
+    make = make_captioner
+    if getattr(args, "gate", None) or getattr(args, "tagger", None) or getattr(args, "budget", None):
+        from capmill.quality.gated import captioner_maker
+
+        make = captioner_maker(args.gate, args.tagger, args.budget)
+    factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make)
     job = CaptionJob(
         inputs=list(args.inputs),
         make_captioner=factory,
@@ -273,6 +310,23 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         summary = runner_cls(job).run()
+        if getattr(args, "gate", None) or getattr(args, "budget", None):
+            from capmill.quality.gated import add_gate_summary
+
+            summary = add_gate_summary(run_dir, summary, write=not temporary)
+            if not args.quiet:
+                g = summary["gate"]
+                print(
+                    f"capmill caption: quality gate: {g['passed_first_try']} passed at once, {g['retried']} retried, "
+                    f"{g['fixed']} fixed, {g['not_fixed']} not fixed {g['not_fixed_by_reason'] or ''}".rstrip(),
+                    file=sys.stderr,
+                )
+        if getattr(args, "embed", None) or getattr(args, "in_place", False):
+            from capmill.data.sinks.embedded import embed_run
+
+            embedded = embed_run(run_dir, args.embed, args.in_place)
+            if not args.quiet:
+                print(f"capmill caption: wrote {embedded.written} images, skipped {embedded.skipped}", file=sys.stderr)
         if temporary:
             from capmill.run.runfolder import read_records
 

@@ -23,8 +23,16 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embedder",
         default="thenlper/gte-small",
-        help="sentence embedder (hub id or path; 'all-MiniLM-L6-v2' = bundled copy; 'none' to skip)",
+        help="sentence embedder (hub id or path; 'all-MiniLM-L6-v2' = bundled copy; 'none' to skip). One that "
+        "cannot be loaded (offline, not cached) is replaced by the bundled copy, with a note in the report",
     )
+    p.add_argument(
+        "--clip-model",
+        metavar="MODEL",
+        help="CLIP-family model (hub id or folder, Hugging Face format) for the reference-free CLIPScore of each "
+        "caption against its photo; a LongCLIP-style model scores long captions whole",
+    )
+    p.add_argument("--clip-device", default="cpu", help="device of the CLIP model (default cpu)")
     p.add_argument("--normalize-embeddings", action="store_true", help="L2-normalise embeddings before distances")
     p.add_argument(
         "--length-tokenizer",
@@ -84,16 +92,23 @@ def run(args: argparse.Namespace) -> int:
     refs = load_references(args.refs) if args.refs else None
     qa_items = load_qa(args.qa) if args.qa else None
     encoders = length_encoders(parse_overrides(args.length_tokenizer))
-    embedder = None
+    embedder, notes = None, []
     if refs is not None and args.embedder.lower() != "none":
-        from capmill.eval.embeddings import SentenceEmbedder
+        from capmill.eval.embeddings import load_embedder
 
-        embedder = SentenceEmbedder(args.embedder, normalize=args.normalize_embeddings)
+        embedder, notes = load_embedder(args.embedder, normalize=args.normalize_embeddings)
+    image_text = None
+    if args.clip_model:
+        from capmill.quality.clip_score import ClipScorer
+
+        image_text = ClipScorer(args.clip_model, device=args.clip_device)
     answerer = build_answerer(args) if qa_items else None
     greedy = args.qa_temperature == 0
     config = EvalConfig(
         metrics=metrics,
         coco=coco and refs is not None,
+        notes=notes,
+        image_text=image_text,
         embedder=embedder,
         encoders=encoders,
         qa_items=qa_items,

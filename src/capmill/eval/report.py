@@ -26,6 +26,7 @@ img.plot{max-width:100%;border:1px solid #eee;margin:6px 0} .plots{display:flex;
 .plots img{width:580px} .item{display:flex;gap:12px;border-bottom:1px solid #eee;padding:8px 0}
 .item img{width:160px;height:auto;object-fit:contain} .flag{background:#fde2e1;color:#900;padding:1px 6px;border-radius:4px;
 font-size:12px;margin-right:4px} ul.refs{margin:4px 0;padding-left:18px;color:#555;font-size:13px}
+.item>div{min-width:0;flex:1} .item div,.item li,td{overflow-wrap:anywhere;word-break:break-word}
 """
 
 
@@ -220,6 +221,9 @@ def _worst_page(data: dict[str, Any], n: int) -> str:
         elif any("pair_sq_dist" in i for i in items):
             _key, _rev, label = "pair_sq_dist", True, "largest caption-reference distance"
             ranked = sorted((i for i in items if "pair_sq_dist" in i), key=lambda i: -i["pair_sq_dist"])
+        elif any("clip_score" in i for i in items):
+            label = "lowest CLIPScore"
+            ranked = sorted((i for i in items if "clip_score" in i), key=lambda i: i["clip_score"])
         else:
             label = "failed or degenerate first"
             ranked = sorted(items, key=lambda i: (i["status"] in ("ok", "repaired"), not i.get("degenerate")))
@@ -230,7 +234,7 @@ def _worst_page(data: dict[str, Any], n: int) -> str:
                 flags += f"<span class='flag'>{html.escape(i['status'])}</span>"
             scores = ", ".join(
                 f"{k} {_fmt(i[k])}"
-                for k in ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "pair_sq_dist", "clip_tokens")
+                for k in ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "pair_sq_dist", "clip_score", "clip_tokens")
                 if k in i
             )
             refs = "".join(f"<li>{html.escape(r)}</li>" for r in i.get("references", [])[:5])
@@ -300,7 +304,7 @@ def write_report(data: dict[str, Any], out_dir: str | Path, worst: int = 20) -> 
         f"<h1>Caption evaluation</h1>{meta}<ul>{runs}</ul>{notes}"
         f"<p><a href='worst.html'>Weakest items per run</a> · <a href='metrics.json'>metrics.json</a></p>"
         f"<h2>Side by side</h2><p class='muted'>Best value per row in green. Per-pair FGD: mean squared distance "
-        f"between each caption's embedding and its references' (seed 004). Set Frechet: FID-style distance "
+        f"between each caption's embedding and its references' (Fréchet GTE Distance). Set Frechet: FID-style distance "
         f"between the caption and reference embedding distributions.</p>{_side_by_side(data)}"
         f"<h2>Plots</h2><div class='plots'>{''.join(plots(data))}</div>"
         f"{_qa_tables(data)}<h2>Structure</h2>{_structure_tables(data)}"

@@ -17,8 +17,17 @@ def png(fig: Any) -> str:
     return f'<img class="plot" alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def bars(title: str, labels: list[str], series: dict[str, list[float]], ylabel: str = "") -> str:
-    """Grouped bars: one group per label, one bar per run."""
+BOUNDED_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "SPICE")  # scores in [0, 1]
+
+
+def bar_figure(
+    title: str, labels: list[str], series: dict[str, list[float]], ylabel: str = "", top: float | None = None
+) -> Any:
+    """Grouped bars (one group per label, one bar per run), each labelled with its value.
+
+    The y axis starts at 0 and reaches at least `top` (1.0 for scores bounded by 1), so a METEOR of 0.0012 is
+    drawn as the sliver it is instead of filling the plot, as autoscaling would make it.
+    """
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -26,14 +35,39 @@ def bars(title: str, labels: list[str], series: dict[str, list[float]], ylabel: 
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(labels))
     for i, (name, vals) in enumerate(series.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=name)
+        drawn = ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=name)
+        ax.bar_label(drawn, fmt="%.3g", fontsize=7, padding=1)
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
+    finite = [v for vals in series.values() for v in vals if np.isfinite(v)]
+    highest = max(finite, default=0.0)
+    ax.set_ylim(0.0, max(top or 0.0, highest * 1.15) or 1.0)
     if len(series) > 1:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return png(fig)
+    return fig
+
+
+def bars(
+    title: str, labels: list[str], series: dict[str, list[float]], ylabel: str = "", top: float | None = None
+) -> str:
+    return png(bar_figure(title, labels, series, ylabel, top))
+
+
+def reference_metric_figures(runs: dict[str, Any]) -> list[Any]:
+    """The scores bounded by 1 on a 0-1 axis; CIDEr (0-10) on its own axis reaching at least 1."""
+    names = list(runs)
+    figures = []
+    for keys, title, top in (
+        ([k for k in BOUNDED_METRICS], "Reference metrics (higher is better)", 1.0),
+        (["CIDEr"], "CIDEr (higher is better)", 1.0),
+    ):
+        present = [k for k in keys if any(k in (r.get("coco") or {}) for r in runs.values())]
+        if present:
+            series = {n: [(runs[n].get("coco") or {}).get(k, 0.0) for k in present] for n in names}
+            figures.append(bar_figure(title, present, series, top=top))
+    return figures
 
 
 def plots(data: dict[str, Any]) -> list[str]:
@@ -47,19 +81,8 @@ def plots(data: dict[str, Any]) -> list[str]:
     runs = data["runs"]
     names = list(runs)
     out = []
-    coco_keys = [
-        k
-        for k in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
-        if any(k in (r.get("coco") or {}) for r in runs.values())
-    ]
-    if coco_keys:
-        out.append(
-            bars(
-                "Reference metrics (higher is better)",
-                coco_keys,
-                {n: [runs[n].get("coco", {}).get(k, 0.0) for k in coco_keys] for n in names},
-            )
-        )
+    coco_keys = [k for k in (*BOUNDED_METRICS, "CIDEr") if any(k in (r.get("coco") or {}) for r in runs.values())]
+    out.extend(png(fig) for fig in reference_metric_figures(runs))
     if any(r.get("embedding") for r in runs.values()):
         out.append(
             bars(
@@ -107,6 +130,7 @@ def plots(data: dict[str, Any]) -> list[str]:
                     for n in names
                 },
                 "accuracy",
+                top=1.0,
             )
         )
     if "CIDEr" in coco_keys:

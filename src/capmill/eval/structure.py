@@ -10,21 +10,15 @@ from typing import Any
 import numpy as np
 
 from capmill.eval.lengths import LengthEncoder
+from capmill.quality.degenerate import WORD, is_loop, is_refusal
 from capmill.records import STATUSES, Record
 
 SETTINGS = ("indoor", "outdoor", "unknown")
 _FIELDS = {"subjects", "actions", "setting", "style", "mood"}
-_WORD = re.compile(r"\w+(?:'\w+)?")
-_REFUSAL = re.compile(
-    r"\b(i\s*(?:'m|am)\s+(?:sorry|unable)|i\s+(?:can(?:'|no)t|cannot|won't)\s+(?:help|assist|describe|see|view|"
-    r"provide|identify|process)|as an ai\b|i do not have the ability|unable to (?:view|see|describe|process) "
-    r"(?:the|this|images?))",
-    re.IGNORECASE,
-)
 
 
 def schema_violations(structured: Any) -> list[str]:
-    """Kinds of rule the structured caption breaks (seed 000 schema); [] when it is valid."""
+    """Kinds of rule the structured caption breaks (the json-captioner's schema); [] when it is valid."""
     if not isinstance(structured, dict):
         return ["not_an_object"]
     kinds = [f"unknown_field:{k}" for k in structured if k not in _FIELDS]
@@ -81,34 +75,13 @@ def degenerate_kinds(record: Record) -> list[str]:
     kinds = []
     if record.ok and not text.strip() and not record.structured:
         kinds.append("empty")
-    words = [w.lower() for w in _WORD.findall(text)]
-    if _has_loop(words) or _repeated_sentences(text):
+    if is_loop(text):
         kinds.append("repetition_loop")
     if _truncated(record):
         kinds.append("truncated")
-    if _REFUSAL.search(text[:400]):
+    if is_refusal(text):
         kinds.append("refusal")
     return kinds
-
-
-def _has_loop(words: list[str]) -> bool:
-    # the same n-gram three times in a row (a single word: four times), or long text with few distinct 4-grams
-    for n in range(1, 9):
-        need = 4 if n == 1 else 3
-        for i in range(0, len(words) - n * need + 1):
-            gram = words[i : i + n]
-            if all(words[i + k * n : i + (k + 1) * n] == gram for k in range(1, need)):
-                return True
-    if len(words) >= 40:
-        grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
-        if len(set(grams)) / len(grams) < 0.5:
-            return True
-    return False
-
-
-def _repeated_sentences(text: str) -> bool:
-    sentences = [s.strip().lower() for s in re.split(r"[.!?\n]+", text) if len(s.split()) >= 3]
-    return any(c >= 3 for c in Counter(sentences).values())
 
 
 def _truncated(record: Record) -> bool:
@@ -189,7 +162,7 @@ def structure_stats(records: list[Record], encoders: list[LengthEncoder]) -> tup
         degenerate.update(kinds)
         item["degenerate"] = kinds
         if r.caption:
-            words.append(len(_WORD.findall(r.caption)))
+            words.append(len(WORD.findall(r.caption)))
             for e in encoders:
                 c = e.count(r.caption)
                 lengths[e.name].append(c)

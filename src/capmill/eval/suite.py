@@ -35,6 +35,8 @@ class EvalConfig:
     qa_decoding: Any = None
     qa_seed: int = 0
     coco: bool = True
+    image_text: Any = None  # capmill.quality.clip_score.ClipScorer: reference-free CLIPScore
+    notes: list[str] = field(default_factory=list)  # set while configuring (e.g. an embedder fallback)
 
 
 def evaluate_runs(runs: list[Run], refs: References | None, config: EvalConfig) -> dict[str, Any]:
@@ -44,7 +46,7 @@ def evaluate_runs(runs: list[Run], refs: References | None, config: EvalConfig) 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "references": {"path": refs.source, "images": len(refs)} if refs else None,
         "embedder": config.embedder.describe() if config.embedder is not None else None,
-        "notes": [],
+        "notes": list(config.notes),
         "runs": {},
     }
     for run in runs:
@@ -102,9 +104,19 @@ def _evaluate_run(run: Run, refs: References | None, config: EvalConfig, notes: 
                 ref_vecs = [config.embedder.encode(refs.captions[k]) for k, _ in have]
                 dist = embedding_distances([rid for _, rid in have], caps, ref_vecs)
                 res["embedding"] = dist.as_dict()
+                if dist.warning():
+                    notes.append(f"run {run.name}: {dist.warning()}")
                 res["embedding"]["excluded_without_caption"] = len(without_caption)
                 for rid, v in dist.per_item.items():
                     items[rid]["pair_sq_dist"] = v
+    if config.image_text is not None:
+        from capmill.eval.image_text import image_text_scores
+
+        summary, per_item = image_text_scores(run.records, config.image_text, notes, run.name)
+        if summary:
+            res["image_text"] = summary
+            for rid, values in per_item.items():
+                items[rid].update(values)
     if config.qa_items and config.answerer is not None:
         captions = _captions_by_image(run, config.qa_items)
         qa = evaluate_qa(
@@ -143,6 +155,8 @@ def headline(run_result: dict[str, Any]) -> dict[str, float]:
     if emb:
         row["pair FGD"] = emb["pair_fgd"]
         row["set Frechet"] = emb["set_frechet"]
+    if run_result.get("image_text"):
+        row["CLIPScore"] = run_result["image_text"]["clip_score"]
     qa = run_result.get("qa") or {}
     if qa:
         row["QA accuracy"] = qa["accuracy"]

@@ -13,6 +13,7 @@ SINKS: Registry[type[Sink]] = Registry(
         "webdataset": "capmill.data.sinks.webdataset:WebDatasetSink",
         "sidecar": "capmill.data.sinks.sidecar:SidecarSink",
         "hf": "capmill.data.sinks.hf:HFDatasetSink",
+        "embedded": "capmill.data.sinks.embedded:EmbeddedSink",
     },
 )
 

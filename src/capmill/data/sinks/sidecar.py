@@ -1,4 +1,5 @@
-"""Sidecar files next to each image, as trainers expect: `photo.txt` (caption) and/or `photo.json` (structured)."""
+"""Sidecar files next to each image, as trainers expect: `photo.txt` (caption) and/or `photo.json` (structured),
+and `photo.tags.txt` (an image tagger's tags, comma-separated) with kind `tags`."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class SidecarSink(Sink):
             out[f"{stem}.txt"] = record.caption.rstrip("\n") + "\n"
         if "json" in self.kinds and record.structured is not None:
             out[f"{stem}.json"] = json.dumps(record.structured, ensure_ascii=False, indent=2) + "\n"
+        if "tags" in self.kinds and record.tags is not None:
+            out[f"{stem}.tags.txt"] = ", ".join(record.tags.get("tags", [])) + "\n"
         return out
 
     def write(self, record: Record, media: bytes | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Image taggers that run beside the captioner: WD-format ONNX taggers (`capmill.taggers.wd`)."""
