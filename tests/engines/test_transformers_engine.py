@@ -87,3 +87,21 @@ def test_bad_options_fail_at_once(tiny_model):
         TransformersEngine(str(tiny_model("qwen2_vl")), get_profile("inkscope-2b"), {"dtype": "int3"})
     with pytest.raises(Exception, match="extra"):
         TransformersEngine(str(tiny_model("qwen2_vl")), get_profile("inkscope-2b"), {"nonsense": 1})
+
+
+def test_rows_that_ask_end_at_a_repetition_loop_during_decoding(tiny_model, coco_photos):
+    """The quality gate's loop stop (Request.stop_repetition) ends a looping row inside the engine's generate."""
+    from capmill.captioner import Captioner
+
+    with Captioner(model=str(tiny_model("qwen2_vl")), profile="inkscope-2b", decoding={"max_new_tokens": 64}) as cap:
+        requests = [cap.prepare(cap.to_item(str(p), i)) for i, p in enumerate(coco_photos[:8])]
+        full = cap.generate(requests)
+        for request in requests:
+            request.stop_repetition = {"max_ngram": 8, "min_repeats": 3, "single_token_repeats": 4}
+        stopped = cap.generate(requests)
+    shorter = [
+        i for i, (a, b) in enumerate(zip(full, stopped, strict=True)) if b.completion_tokens < a.completion_tokens
+    ]
+    assert shorter, "no row looped within 64 tokens: the tiny model no longer tests the stop"
+    for a, b in zip(full, stopped, strict=True):
+        assert a.text.startswith(b.text.rstrip("\ufffd"))  # the same tokens, ended early

@@ -29,6 +29,7 @@ from capmill.engines.row_merge import cache_kwarg, generate_merged, reset_rope_s
 from capmill.engines.transformers_loading import TransformersOptions, load_model, resolve_device, resolve_dtype
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
+from capmill.quality.repetition import add_repetition_stop
 from capmill.records import Decoding, Generation, Request
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ class TransformersEngine(Engine):
                 for g in self._generate_batch([request], [single])
             ]
         kwargs = self._generate_kwargs(decoding, batch)
+        # rows that ask for it (the quality gate) end at a repetition loop instead of spending their token budget
+        kwargs = add_repetition_stop(kwargs, batch, inputs["input_ids"].shape[1])
         t_prefix = time.perf_counter()
         clock = _FirstTokenClock()
         # listening rows get their text as it is generated (engines/streaming.py); seeds live in the per-row
