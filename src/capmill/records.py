@@ -86,6 +86,7 @@ class Request:
     constraint: dict[str, Any] | None = None  # {"json_schema": {...}} or {"grammar": "..."}
     prompt_text: str | None = None  # plain prompt for families without a chat template (BLIP-2)
     stop_repetition: dict[str, int] | None = None  # stop a repetition loop during decoding (capmill.quality)
+    content_hash: str | None = None  # sha256 of the input's bytes: engines that cache media by id key on it
 
 
 @dataclass

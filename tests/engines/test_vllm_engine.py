@@ -208,8 +208,10 @@ def _greedy_equal(engines, tiny_model, coco_photos, arch, options):
     cap, items, requests = _requests(path, profile, coco_photos, **decoding)
     ref = engines("transformers", path, profile, HF).generate(requests)
     engine = engines("vllm", path, profile, options)
-    got = engine.generate(requests)
+    got = engine.generate(requests)  # images go with capmill's content hash as vLLM's multimodal ids
     _assert_same(ref, got)
+    uuids = engine._prompt(requests[0])["multi_modal_uuids"]["image"]
+    assert len(uuids) == 1 and uuids[0].startswith(requests[0].content_hash + ":image0:")
     assert engine.describe()["family"] == arch
     records = [cap.finish(item, request, g) for item, request, g in zip(items, requests, got, strict=True)]
     expected = [cap.finish(item, request, g) for item, request, g in zip(items, requests, ref, strict=True)]

@@ -161,6 +161,8 @@ class VLLMEngine(Engine):
             media.setdefault(kind, []).append(_video_input(value) if kind == "video" else value)
         if media:
             prompt["multi_modal_data"] = media
+            if request.content_hash:  # vLLM keys its media caches by these ids instead of hashing the pixels again
+                prompt["multi_modal_uuids"] = media_uuids(request.content_hash, media)
         return prompt
 
     def sampling_params(self, request: Request) -> Any:
@@ -309,3 +311,17 @@ def _generation_config(model: str) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def media_uuids(content_hash: str, media: dict[str, list[Any]]) -> dict[str, list[str]]:
+    """One id per image or video: the input's content hash, the item's place and its pixel size (the same bytes
+    prepared at another size are other pixels, so another id)."""
+
+    def size(value: Any) -> str:
+        shape = getattr(value, "shape", None)  # a video: (frames, height, width, 3)
+        if shape is not None:
+            return "x".join(map(str, shape))
+        width, height = value.size  # a PIL image
+        return f"{width}x{height}"
+
+    return {kind: [f"{content_hash}:{kind}{i}:{size(v)}" for i, v in enumerate(vs)] for kind, vs in media.items()}

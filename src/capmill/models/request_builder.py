@@ -43,6 +43,8 @@ class RequestBuilder:
         """Decode the image / video or take the text, and build the card's prompt; InputError when unusable."""
         request = self._build(item, mode or self.mode)
         request.constraint = self.constraint
+        if item.data is not None:
+            request.content_hash = item.content_hash
         return request
 
     def _build(self, item: Item, mode: str) -> Request:
