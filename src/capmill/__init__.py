@@ -20,6 +20,7 @@ _LAZY = {
     "Item": "capmill.records",
     "Record": "capmill.records",
     "Decoding": "capmill.records",
+    "Recipe": "capmill.recipes",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -18,6 +18,7 @@ from typing import Any
 from capmill.data.sources import SOURCES, SourceOptions
 from capmill.errors import ConfigError
 from capmill.recipes.outputs import Outputs, joined
+from capmill.recipes.prompt_sets import variants
 from capmill.recipes.spec import Recipe, Stage
 from capmill.recipes.stage import StageCaptioner
 from capmill.records import sha256_hex, stable_hash
@@ -70,6 +71,7 @@ class RecipeRunner:
                 "stage": stage.model_dump(mode="json", exclude={"batch_size", "engine_options", "scaffold"}),
                 "captioner": captioner.settings(),
                 "reads": reads,
+                **({"variants": [v.name for v in variants(stage.prompt_set)]} if stage.prompt_set else {}),
                 **({"metadata": _file_hash(metadata)} if uses_meta and metadata else {}),
             }
             wrapped = StageCaptioner(stage, captioner, identity)
@@ -175,10 +177,11 @@ class RecipeRunner:
         write_json_atomic(
             path,
             {
-                "inputs": [os.path.abspath(i) if os.path.exists(i) else i for i in self.inputs],
+                "inputs": list(self.inputs),  # as typed: ids are formed from them
                 "source_options": {k: getattr(self.source, k) for k in SourceOptions.__dataclass_fields__},
-                "stage": plan.stage.model_dump(mode="json"),
+                "stage": plan.stage.model_dump_json(),  # text: the file is written with sorted keys
                 "reads": reads,
+                **({"variants": [v.name for v in variants(stage.prompt_set)]} if stage.prompt_set else {}),
                 "metadata": metadata,
             },
         )

@@ -81,7 +81,7 @@ class StageSource(Source):
             plan = json.load(handle)
         self.inputs: list[str] = plan["inputs"]
         self.source_options = SourceOptions(**plan["source_options"])
-        self.stage = Stage.model_validate(plan["stage"])
+        self.stage = Stage.model_validate_json(plan["stage"])
         self.reads = {name: Outputs(path) for name, path in plan["reads"].items()}
         self.metadata_path = plan.get("metadata")
         self.text = self.stage.mode == "text"
