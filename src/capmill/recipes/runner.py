@@ -181,7 +181,6 @@ class RecipeRunner:
                 "source_options": {k: getattr(self.source, k) for k in SourceOptions.__dataclass_fields__},
                 "stage": plan.stage.model_dump_json(),  # text: the file is written with sorted keys
                 "reads": reads,
-                **({"variants": [v.name for v in variants(stage.prompt_set)]} if stage.prompt_set else {}),
                 "metadata": metadata,
             },
         )
