@@ -44,7 +44,7 @@ def test_tag_vocabulary(matcher_for):
     assert CUT_ANYWHERE not in g
     assert matcher_for(g, "1girl, hat (object), red hair") == (True, True)
     assert not matcher_for(g, "1girl, hat (object), red hair, solo")[0]  # at most 3
-    assert not matcher_for(g, "solo, 1girl, solo")[0]  # no duplicates
+    assert matcher_for(g, "solo, 1girl, solo") == (True, True)  # repeats: removed by the stage (test_recipe_run)
     assert not matcher_for(g, "solo, blue hair")[0]  # only the vocabulary
     assert not matcher_for(g, "solo,1girl")[0]  # ", " between tags
     assert matcher_for(g, "solo, red") == (True, False)  # a tag is not finished mid-way
@@ -58,6 +58,19 @@ def test_word_limit_ends_at_a_sentence(matcher_for):
     s = text_form_grammar(sentence_end=True)
     assert matcher_for(s, "A dog. It runs!") == (True, True)
     assert matcher_for(s, "A dog. It runs") == (True, False)
+
+
+def test_a_large_vocabulary(matcher_for):
+    vocab = [f"tag {i}" for i in range(5000)]
+    g = text_form_grammar(tags=vocab, max_tags=20)
+    assert matcher_for(g, ", ".join(vocab[::250])) == (True, True)
+    assert not matcher_for(g, ", ".join(vocab[:21]))[0]
+
+
+def test_dedupe_tags():
+    from capmill.recipes.stage import dedupe_tags
+
+    assert dedupe_tags("ohwx, dog, cat, dog, cat, sky", "ohwx, ") == ("ohwx, dog, cat, sky", ["dog", "cat"])
 
 
 def test_malformed_settings():

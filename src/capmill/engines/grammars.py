@@ -213,7 +213,9 @@ def _short(value: Any, limit: int = 80) -> str:
 # fine place for the token budget to cut (banned and required words only) is never steered to close early.
 TEXT_FORM = "// capmill: text-form"
 CUT_ANYWHERE = "// capmill: cut-anywhere"
-_WORD_EDGE = r"[^\p{L}\p{N}]"
+# What may stand beside a banned or required word: whitespace or ASCII punctuation (a small class: Unicode letter
+# classes make the intersected regexes too large for the lexer; a letter like "é" after "cat" is not an edge).
+_WORD_EDGE = r"[\s!-\/:-@\[-`{-~]"
 _SENTENCE_END = r"(?s:.*)[.!?][\"'\u201d\u2019)\]]*"
 _REGEX_META = set('\\.+*?()|[]{}^$#&-~/"')
 
@@ -232,9 +234,9 @@ def text_form_grammar(
 
     ``prefix``: the output starts with this text (a trigger word). ``banned``: words or phrases that never appear
     (whole words, any case, any spacing between a phrase's words). ``required``: words that must appear before
-    the output may end. ``tags``: the body is a comma-separated list (``", "``) of tags from this list, each at
-    most once, at most ``max_tags`` of them. ``max_words``: at most that many words, ending at a sentence end;
-    ``sentence_end``: the output ends with a full stop, question or exclamation mark (so a token budget ends at
+    the output may end. ``tags``: the body is a comma-separated list (``", "``) of tags from this list, at most
+    ``max_tags`` of them (a repeated tag is removed after decoding, see below). ``max_words``: at most that many
+    words, ending at a sentence end; ``sentence_end``: the output ends with a full stop, question or exclamation mark (so a token budget ends at
     a sentence boundary). ConfigError names a malformed setting.
     """
     parts: list[str] = []
@@ -250,7 +252,8 @@ def text_form_grammar(
         alt = "(" + "|".join(_rx(t) for t in sorted(set(tags), key=len, reverse=True)) + ")"
         most = len(set(tags)) if max_tags is None else min(max_tags, len(set(tags)))
         parts.append(f"/{alt}(, {alt}){{0,{most - 1}}}/")
-        parts.extend(f"~/(.*, )?{_rx(t)}, (.*, )?{_rx(t)}(, .*)?/" for t in sorted(set(tags)))
+        # Repeats are not refused here: "no tag twice" for K tags is an intersection of K negated regexes whose
+        # derivatives exhaust llguidance's lexer already at 8 real tags. The recipe stage removes repeats.
     elif max_words is not None:
         if max_words < 1:
             raise ConfigError(f"max_words must be at least 1; got {max_words}")
@@ -259,8 +262,9 @@ def text_form_grammar(
         parts.append("/(?s:.*)/")
     if (max_words is not None or sentence_end) and tags is None:
         parts.append(f"/{_SENTENCE_END}/")
-    for word in banned:
-        parts.append(f"~/(?s:(.*{_WORD_EDGE})?)(?i:{_phrase(word, 'banned')})({_WORD_EDGE}(?s:.*))?/")
+    if banned:  # one negated alternation, not one term per word: the lexer's work grows with the terms
+        words = "|".join(_phrase(word, "banned") for word in banned)
+        parts.append(f"~/(?s:(.*{_WORD_EDGE})?)(?i:{words})({_WORD_EDGE}(?s:.*))?/")
     for word in required:
         parts.append(f"/(?s:(.*{_WORD_EDGE})?)(?i:{_phrase(word, 'required')})({_WORD_EDGE}(?s:.*))?/")
     head = f"{json.dumps(prefix, ensure_ascii=False)} " if prefix else ""

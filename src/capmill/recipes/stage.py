@@ -90,6 +90,11 @@ class StageCaptioner:
     def finish(self, item: Item, request: Request | None, generation: Generation) -> Record:
         record = self._tag(self.inner.finish(item, request, generation), item)
         if record.ok and record.caption is not None and self.stage.constraints is not None:
+            if self.stage.constraints.tags is not None:
+                record.caption, removed = dedupe_tags(record.caption, self.stage.constraints.prefix)
+                if removed:
+                    record.notes = [*record.notes, f"removed repeated tags: {', '.join(removed)}"]
+        if record.ok and record.caption is not None and self.stage.constraints is not None:
             problems = check_text(record.caption, self.stage.constraints)
             if problems:
                 record.status = "invalid"
@@ -145,6 +150,19 @@ def check_text(text: str, constraints: Constraints) -> list[str]:
     if constraints.max_words is not None and len(text.split()) > constraints.max_words:
         problems.append(f"{len(text.split())} words, more than {constraints.max_words}")
     return problems
+
+
+def dedupe_tags(text: str, prefix: str = "") -> tuple[str, list[str]]:
+    """A tag list with each tag once (the first time it appears), and the repeats removed."""
+    head = prefix if prefix and text.startswith(prefix) else ""
+    seen: list[str] = []
+    removed = []
+    for tag in text[len(head) :].split(", "):
+        if tag in seen:
+            removed.append(tag)
+        else:
+            seen.append(tag)
+    return head + ", ".join(seen), removed
 
 
 def _has_phrase(lowered_words: str, phrase: str) -> bool:
