@@ -29,7 +29,10 @@ def setup(tiny_model, coco_photos):
 
 
 def decode(captioner, requests, grammars):
-    rows = [dataclasses.replace(r, constraint={"grammar": g} if g else None) for r, g in zip(requests, grammars)]
+    rows = [
+        dataclasses.replace(r, constraint={"grammar": g} if g else None)
+        for r, g in zip(requests, grammars, strict=True)
+    ]
     return captioner.generate(rows)
 
 
@@ -49,7 +52,7 @@ def test_equal_to_unconstrained_where_the_constraint_does_not_bind(setup):
         grammars.append(text_form_grammar(prefix=gen.text[:6], banned=absent, required=present[:2] if present else ()))
     assert sum(g is not None for g in grammars) >= 2
     constrained = decode(captioner, requests, grammars)
-    for before, after in zip(plain, constrained):
+    for before, after in zip(plain, constrained, strict=True):
         assert after.text == before.text
         assert after.completion_tokens == before.completion_tokens == MAX_NEW
 
@@ -58,7 +61,7 @@ def test_a_banned_word_never_appears(setup):
     captioner, requests, plain = setup
     banned = [words(g.text)[0] for g in plain]  # each row's own first word, which it would write
     out = decode(captioner, requests, [text_form_grammar(banned=[b]) for b in banned])
-    for b, gen, before in zip(banned, out, plain):
+    for b, gen, before in zip(banned, out, plain, strict=True):
         assert b not in words(gen.text)
         assert gen.text != before.text
 
