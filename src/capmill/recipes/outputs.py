@@ -53,8 +53,8 @@ class Outputs:
             for name in sorted(n for n in os.listdir(records_dir) if SHARD_NAME.match(n) and n not in known):
                 rows = []
                 for record in read_shard(os.path.join(records_dir, name)):
-                    recipe = record.meta.get("recipe") or {}
-                    base = recipe.get("id", record.id)
+                    recipe = recipe_meta(record)
+                    base = recipe.get("id") or record.id
                     rows.append((base, int(recipe.get("order", 0)), recipe.get("variant") or "", _dump(record)))
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)", rows)
@@ -91,14 +91,21 @@ class Outputs:
 def summarize(records: list[Record]) -> dict[str, Any]:
     first = records[0]
     out = {name: getattr(first, name) for name in SUMMARY_FIELDS}
-    variant = (first.meta.get("recipe") or {}).get("variant")
+    variant = recipe_meta(first).get("variant")
     if variant is not None:
         out["variant"] = variant
     if len(records) > 1 or variant is not None:
-        out["captions"] = {
-            (r.meta.get("recipe") or {}).get("variant", str(i)): r.caption for i, r in enumerate(records) if r.ok
-        }
+        out["captions"] = {recipe_meta(r).get("variant") or str(i): r.caption for i, r in enumerate(records) if r.ok}
     return out
+
+
+def recipe_meta(record: Record) -> dict[str, Any]:
+    """Which stage, input and variant a stage record is of (a duplicate's copy keeps them as flat meta keys)."""
+    recipe = record.meta.get("recipe")
+    if isinstance(recipe, dict):
+        return recipe
+    keys = {"recipe_id": "id", "recipe_variant": "variant", "recipe_order": "order", "recipe_prompt": "prompt"}
+    return {name: record.meta[key] for key, name in keys.items() if key in record.meta}
 
 
 def _dump(record: Record) -> str:
@@ -117,7 +124,7 @@ def joined(ids: Iterator[str], stages: dict[str, Outputs], output: str) -> Itera
             if found is not None:
                 summaries[name] = found
         first = records[0]
-        meta = {k: v for k, v in first.meta.items() if k != "recipe"}
+        meta = {k: v for k, v in first.meta.items() if not k.startswith("recipe") and k not in ("path", "row")}
         meta["stages"] = summaries
         captions = summaries[output].get("captions")
         if captions is not None:
