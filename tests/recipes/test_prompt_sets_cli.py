@@ -86,9 +86,11 @@ def test_all_styles_as_kohya_lines_and_files(tmp_path, tiny_model, photos):
 def test_random_pick_is_reproducible(tmp_path, tiny_model, photos):
     recipe = styles_recipe(tmp_path / "random.yaml", tiny_model("qwen2_vl"), "random")
     picks = []
-    for run in ("a", "b"):
-        caption(photos, "--recipe", recipe, "--out", tmp_path / f"{run}.jsonl")
-        rows = [json.loads(line) for line in open(tmp_path / f"{run}.jsonl")]
+    from capmill.run.runfolder import read_shard
+
+    for out in ("a.jsonl", "b.parquet"):
+        caption(photos, "--recipe", recipe, "--out", tmp_path / out)
+        rows = [r.to_dict() for r in read_shard(str(tmp_path / out))]
         assert len(rows) == 3
         picks.append({r["id"]: r["meta"]["stages"]["styles"]["variant"] for r in rows})
     assert picks[0] == picks[1]

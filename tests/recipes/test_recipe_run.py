@@ -167,3 +167,39 @@ def test_missing_metadata_column_is_an_error_record(tmp_path, tiny_model, coco_p
     recipe.run([str(coco_photos[0])], str(tmp_path / "run"), progress=False)
     (record,) = read_records(str(tmp_path / "run"))
     assert record.status == "error" and "no metadata column 'tags'" in record.error
+
+
+def test_manifest_columns_and_output_stage(tmp_path, tiny_model, coco_photos):
+    manifest = tmp_path / "m.jsonl"
+    rows = [
+        {"id": f"p{i}", "path": str(p), "subject": s}
+        for i, (p, s) in enumerate(zip(coco_photos[:2], ["a cat", "a bus"], strict=True))
+    ]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    model = str(tiny_model("qwen2_vl"))
+    recipe = Recipe.from_dict(
+        {
+            "output": "first",
+            "stages": [
+                {
+                    "name": "first",
+                    "model": model,
+                    "prompt": "Describe {meta.subject} ({id}).",
+                    "decoding": {"max_new_tokens": 5},
+                },
+                {
+                    "name": "second",
+                    "model": model,
+                    "mode": "text",
+                    "prompt": "Again: {stages.first}",
+                    "decoding": {"max_new_tokens": 5},
+                },
+            ],
+        }
+    )
+    recipe.run([str(manifest)], str(tmp_path / "run"), progress=False)
+    prompts = {i: r.meta["recipe"]["prompt"] for i, r in stage_records(str(tmp_path / "run"), "first").items()}
+    assert prompts == {"p0": "Describe a cat (p0).", "p1": "Describe a bus (p1)."}
+    for record in read_records(str(tmp_path / "run")):
+        assert record.caption == record.meta["stages"]["first"]["caption"] != record.meta["stages"]["second"]["caption"]
+        assert record.mode == "caption"

@@ -157,3 +157,73 @@ def test_import_capmill_stays_light():
     code = "import sys, capmill; capmill.Recipe; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_id_variable_and_extras_dimension():
+    t = Template.parse("{id}|{stem}", "t")
+    assert t.render(item_context("set/a.b.png", "/x/set/a.b.png", {}, {})) == "set/a.b.png|a.b"
+    ps = PromptSet.model_validate(
+        {"styles": {"s": "Caption{extra}"}, "extras": {"plain": "", "notext": " without text"}, "choose": "all"}
+    )
+    assert [(v.name, v.template.source) for v in variants(ps)] == [
+        ("s.plain", "Caption"),
+        ("s.notext", "Caption without text"),
+    ]
+
+
+def test_outputs_are_checked_after_decoding():
+    from capmill.recipes.spec import Constraints
+    from capmill.recipes.stage import check_text
+
+    c = Constraints(prefix="ohwx, ", banned=("photo",), required=("red",), max_words=6)
+    assert check_text("ohwx, a red car.", c) == []
+    assert check_text("a Photo of a blue car on a road", c) == [
+        "does not start with 'ohwx, '",
+        "banned word 'photo' present",
+        "required word 'red' missing",
+        "9 words, more than 6",
+    ]
+    tags = Constraints(tags=("dog", "cat"), max_tags=1)
+    assert check_text("dog, cow", tags) == ["tags not in the vocabulary: cow", "2 tags, more than 1"]
+
+
+def test_cli_refuses_per_captioner_flags(tmp_path, coco_photos):
+    (tmp_path / "r.yaml").write_text("stages:\n  - name: a\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "capmill",
+            "caption",
+            str(coco_photos[0]),
+            "--recipe",
+            str(tmp_path / "r.yaml"),
+            "--model",
+            "m",
+            "--max-new-tokens",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "--recipe sets the model, prompt and decoding per stage; drop --model, --max-new-tokens" in proc.stderr
+
+
+def test_system_prompt_and_text_mode_per_stage(tiny_model):
+    from capmill.recipes.runner import RecipeRunner
+
+    r = recipe(
+        {"name": "a", "model": str(tiny_model("qwen2_vl"))},
+        {
+            "name": "b",
+            "model": str(tiny_model("qwen2_vl")),
+            "mode": "text",
+            "prompt": "{stages.a}",
+            "system": "Be brief.",
+        },
+    )
+    plans = RecipeRunner(r, ["x"], "unused").plan()  # nothing loads: no weights, no run folder
+    assert plans[1].captioner.inner.system_prompt() == "Be brief." and plans[1].captioner.mode == "text"
+    assert plans[0].captioner.inner.system_prompt() is None
+    assert plans[1].captioner.identity["reads"] == {"a": plans[0].identity_hash}
