@@ -29,7 +29,7 @@ def separate(model: str, inputs: list[str], work: str, tokens: int) -> float:
     from capmill.run.pipeline import PipelineOptions
     from capmill.run.runfolder import read_records
 
-    start = time.perf_counter()
+    start = _clock()
     first = CaptionJob(
         inputs=inputs,
         make_captioner=lambda: Captioner(model=model, prompt=None, decoding={"max_new_tokens": tokens}),
@@ -52,7 +52,7 @@ def separate(model: str, inputs: list[str], work: str, tokens: int) -> float:
         progress=False,
     )
     LocalRunner(second).run()
-    return time.perf_counter() - start
+    return _since(start)
 
 
 def _text_captioner(model: str, tokens: int):
@@ -80,9 +80,18 @@ def recipe(model: str, inputs: list[str], work: str, tokens: int) -> float:
             ]
         }
     )
-    start = time.perf_counter()
+    start = _clock()
     r.run(inputs, os.path.join(work, "recipe"), progress=False, workers=0)
-    return time.perf_counter() - start
+    return _since(start)
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): on a busy shared machine the CPU time is the steadier one."""
+    return time.perf_counter() - start[0], time.process_time() - start[1]
 
 
 def main() -> None:
@@ -100,15 +109,19 @@ def main() -> None:
     model = str(build_tiny_model("qwen2_vl", os.path.join(root, "model"), hidden_size=256, num_layers=4, num_heads=4))
     photos = sorted(glob.glob(os.path.join(COCO, "*.jpg")))[: args.photos]
     print(f"{len(photos)} photos, {args.tokens} new tokens per stage, tiny Qwen2-VL (hidden 256, 4 layers), CPU")
-    times: dict[str, list[float]] = {"separate runs": [], "recipe": []}
+    times: dict[str, list[tuple[float, float]]] = {"separate runs": [], "recipe": []}
     for i in range(args.repeats):
         for label, fn in (("separate runs", separate), ("recipe", recipe)):
             work = os.path.join(root, f"{label.replace(' ', '-')}-{i}")
             os.makedirs(work)
             times[label].append(fn(model, photos, work, args.tokens))
-            print(f"  {label:14s} run {i + 1}: {times[label][-1]:.2f} s")
-    sep, rec = statistics.median(times["separate runs"]), statistics.median(times["recipe"])
-    print(f"median: separate runs {sep:.2f} s, recipe {rec:.2f} s; recipe / separate = {rec / sep:.3f}")
+            wall, cpu = times[label][-1]
+            print(f"  {label:14s} run {i + 1}: wall {wall:.2f} s, CPU {cpu:.2f} s")
+    for k, name in ((0, "wall"), (1, "CPU")):
+        sep = statistics.median(t[k] for t in times["separate runs"])
+        rec = statistics.median(t[k] for t in times["recipe"])
+        print(f"median {name}: separate runs {sep:.2f} s, recipe {rec:.2f} s; recipe / separate = {rec / sep:.3f}")
+    print(f"load average while running: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
