@@ -4,7 +4,8 @@ The stages: a tiny random Qwen2-VL captions real photos ("Describe {stem} in det
 rewrites each caption in text mode ("Shorten: {stages.detailed}"). Separately, that is `capmill caption` over the
 photos, a JSONL manifest of the captions written from its records, and `capmill caption --mode text` over it
 (the template filled in by hand, as a person chaining runs does). As a recipe it is one `Recipe.run`, which also
-joins the records. Each way runs `--repeats` times, alternating, in fresh run folders; medians are reported.
+joins the records; "side by side" is the same recipe with both stages running at once (both models loaded,
+records streaming from the first stage to the second). Each way runs `--repeats` times, alternating, in fresh run folders; medians are reported.
 
     python benchmarks/recipe_overhead.py [--photos 24] [--tokens 16] [--repeats 2]
 """
@@ -63,7 +64,7 @@ def _text_captioner(model: str, tokens: int):
     return Captioner(model=model, profile=profile, mode="text", decoding={"max_new_tokens": tokens})
 
 
-def recipe(model: str, inputs: list[str], work: str, tokens: int) -> float:
+def recipe(model: str, inputs: list[str], work: str, tokens: int, side_by_side: bool = False) -> float:
     from capmill.recipes import Recipe
 
     r = Recipe.from_dict(
@@ -77,12 +78,17 @@ def recipe(model: str, inputs: list[str], work: str, tokens: int) -> float:
                     "prompt": "Shorten: {stages.detailed}",
                     "decoding": {"max_new_tokens": tokens},
                 },
-            ]
+            ],
+            "side_by_side": side_by_side,
         }
     )
     start = _clock()
     r.run(inputs, os.path.join(work, "recipe"), progress=False, workers=0)
     return _since(start)
+
+
+def _side_by_side(model: str, inputs: list[str], work: str, tokens: int) -> tuple[float, float]:
+    return recipe(model, inputs, work, tokens, side_by_side=True)
 
 
 def _clock() -> tuple[float, float]:
@@ -109,9 +115,10 @@ def main() -> None:
     model = str(build_tiny_model("qwen2_vl", os.path.join(root, "model"), hidden_size=256, num_layers=4, num_heads=4))
     photos = sorted(glob.glob(os.path.join(COCO, "*.jpg")))[: args.photos]
     print(f"{len(photos)} photos, {args.tokens} new tokens per stage, tiny Qwen2-VL (hidden 256, 4 layers), CPU")
-    times: dict[str, list[tuple[float, float]]] = {"separate runs": [], "recipe": []}
+    ways = {"separate runs": separate, "recipe": recipe, "side by side": _side_by_side}
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label in ways}
     for i in range(args.repeats):
-        for label, fn in (("separate runs", separate), ("recipe", recipe)):
+        for label, fn in ways.items():
             work = os.path.join(root, f"{label.replace(' ', '-')}-{i}")
             os.makedirs(work)
             times[label].append(fn(model, photos, work, args.tokens))
@@ -120,7 +127,11 @@ def main() -> None:
     for k, name in ((0, "wall"), (1, "CPU")):
         sep = statistics.median(t[k] for t in times["separate runs"])
         rec = statistics.median(t[k] for t in times["recipe"])
-        print(f"median {name}: separate runs {sep:.2f} s, recipe {rec:.2f} s; recipe / separate = {rec / sep:.3f}")
+        both = statistics.median(t[k] for t in times["side by side"])
+        print(
+            f"median {name}: separate runs {sep:.2f} s, recipe {rec:.2f} s, side by side {both:.2f} s; "
+            f"recipe / separate = {rec / sep:.3f}, side by side / separate = {both / sep:.3f}"
+        )
     print(f"load average while running: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
 
 

@@ -30,8 +30,12 @@ class Outputs:
         if self._db is None:
             os.makedirs(self.stage_dir, exist_ok=True)
             self._db = sqlite3.connect(
-                os.path.join(self.stage_dir, "outputs.sqlite"), check_same_thread=False, isolation_level=None
+                os.path.join(self.stage_dir, "outputs.sqlite"),
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=60,
             )
+            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(
                 "CREATE TABLE IF NOT EXISTS outputs (id TEXT, ord INTEGER, variant TEXT, record TEXT, "
                 "PRIMARY KEY (id, variant));"
@@ -56,11 +60,16 @@ class Outputs:
                     recipe = recipe_meta(record)
                     base = recipe.get("id") or record.id
                     rows.append((base, int(recipe.get("order", 0)), recipe.get("variant") or "", _dump(record)))
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)", rows)
-                db.execute("INSERT INTO shards VALUES (?)", (name,))
-                db.execute("COMMIT")
-                added += len(rows)
+                db.execute("BEGIN IMMEDIATE")  # another reader of the same stage may index it at the same time
+                try:
+                    if db.execute("SELECT 1 FROM shards WHERE name = ?", (name,)).fetchone() is None:
+                        db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)", rows)
+                        db.execute("INSERT INTO shards VALUES (?)", (name,))
+                        added += len(rows)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
         return added
 
     def records(self, item_id: str) -> list[Record]:
@@ -99,6 +108,10 @@ def summarize(records: list[Record]) -> dict[str, Any]:
     return out
 
 
+def _failed(records: list[Record]) -> bool:
+    return bool(records) and not records[0].ok
+
+
 def recipe_meta(record: Record) -> dict[str, Any]:
     """Which stage, input and variant a stage record is of (a duplicate's copy keeps them as flat meta keys)."""
     recipe = record.meta.get("recipe")
@@ -113,21 +126,23 @@ def _dump(record: Record) -> str:
 
 
 def joined(ids: Iterator[str], stages: dict[str, Outputs], output: str) -> Iterator[Record]:
-    """The recipe's record of each input id that the output stage has a record for, in input order."""
+    """The recipe's record of each input, in input order: the output stage's, or (when a stage before it failed for
+    the input, so later stages left it out) the failed stage's record; none for an input no stage has reached."""
     for item_id in ids:
         records = stages[output].records(item_id)
         if not records:
-            continue  # the run stopped before this input reached the output stage
+            records = next((found for name in stages if _failed(found := stages[name].records(item_id))), [])
+        if not records:
+            continue  # the run stopped before this input reached the stages
         summaries = {}
         for name, outputs in stages.items():
-            found = summarize(records) if name == output else outputs.get(item_id)
+            found = outputs.get(item_id)
             if found is not None:
                 summaries[name] = found
         first = records[0]
         meta = {k: v for k, v in first.meta.items() if not k.startswith("recipe") and k not in ("path", "row")}
         meta["stages"] = summaries
-        captions = summaries[output].get("captions")
+        captions = summaries.get(output, {}).get("captions")
         if captions is not None:
             meta["captions"] = captions
-        source = first.source
-        yield Record(**{**first.to_dict(), "id": item_id, "source": source, "meta": meta})
+        yield Record(**{**first.to_dict(), "id": item_id, "meta": meta})

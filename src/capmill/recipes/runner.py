@@ -4,7 +4,8 @@ A stage's identity is its own settings (captioner settings, templates, prompt se
 of the stages it reads. Its folder keeps the identity it was made with: the same identity resumes it (nothing done
 is redone), a different one sets the old folder aside under `stages/.replaced/` (where it is taken back if the
 stage returns to that identity) and starts afresh. So adding a stage runs only it, and changing one reruns it and
-the stages that read it. Stages run one after another, one model loaded at a time.
+the stages that read it. Stages run one after another, one model loaded at a time, or (`side_by_side: true`, when
+the models fit together) all at once, each stage's records streaming to the next through its run folder.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from capmill.records import sha256_hex, stable_hash
 from capmill.run.pipeline import PipelineOptions
 
 SOURCES.register("recipe-stage", "capmill.recipes.source:StageSource")
+STREAM_SHARD = 16  # records per stage shard when stages run side by side
 FINAL_FORMATS = {"jsonl": ("jsonl", ".jsonl"), "parquet": ("parquet", ".parquet"), "sidecar": ("jsonl", ".jsonl")}
 
 
@@ -49,6 +51,7 @@ class RecipeRunner:
     sidecar: dict[str, Any] = field(default_factory=dict)
     progress: bool | None = None
     workers: int | None = None  # None: 0 for a model on this machine's CPU, else cores - 1 (as `capmill caption`)
+    side_by_side: bool | None = None  # None: as the recipe says
 
     def __post_init__(self) -> None:
         if self.fmt not in FINAL_FORMATS:
@@ -110,42 +113,94 @@ class RecipeRunner:
 
     # ---- running ----
     def run(self) -> dict[str, Any]:
-        from capmill.run.local import CaptionJob, LocalRunner
-
         start = time.perf_counter()
         plans = self.plan()
         os.makedirs(self.run_dir, exist_ok=True)
-        summaries: dict[str, Any] = {}
-        outputs: dict[str, Outputs] = {}
+        side_by_side = self.side_by_side if self.side_by_side is not None else self.recipe.side_by_side
+        jobs = []
+        for plan in plans:
+            self._claim(plan)
+            jobs.append(self._job(plan, self._write_plan(plan), side_by_side, last=plan is plans[-1]))
+        outputs = {plan.stage.name: Outputs(plan.folder) for plan in plans}
         try:
-            for plan in plans:
-                self._claim(plan)
-                plan_file = self._write_plan(plan)
-                workers = self.workers
-                if workers is None:
-                    from capmill.cli.caption import default_workers
-
-                    workers = default_workers(
-                        {"engine": plan.stage.engine, "engine_options": plan.stage.engine_options}, None
-                    )
-                job = CaptionJob(
-                    inputs=[f"recipe-stage:{plan_file}"],
-                    make_captioner=lambda plan=plan: plan.captioner,
-                    run_dir=plan.folder,
-                    fmt="jsonl",
-                    shard_size=self.shard_size,
-                    source=self.source,
-                    pipeline=_stage_pipeline(self.pipeline, plan.stage, workers),
-                    progress=self.progress,
-                )
-                summaries[plan.stage.name] = LocalRunner(job).run()
-                outputs[plan.stage.name] = Outputs(plan.folder)
-                outputs[plan.stage.name].refresh()
-            summary = self._finish(plans, outputs, summaries, time.perf_counter() - start)
+            summaries = self._side_by_side(plans, jobs) if side_by_side else self._one_by_one(plans, jobs)
+            for index in outputs.values():
+                index.refresh()
+            return self._finish(plans, outputs, summaries, time.perf_counter() - start)
         finally:
             for index in outputs.values():
                 index.close()
-        return summary
+
+    def _job(self, plan: StagePlan, plan_file: str, side_by_side: bool, last: bool) -> Any:
+        from capmill.run.local import CaptionJob
+
+        workers = self.workers
+        if workers is None:
+            from capmill.cli.caption import default_workers
+
+            workers = default_workers({"engine": plan.stage.engine, "engine_options": plan.stage.engine_options}, None)
+        return CaptionJob(
+            inputs=[f"recipe-stage:{plan_file}"],
+            make_captioner=lambda plan=plan: plan.captioner,
+            run_dir=plan.folder,
+            fmt="jsonl",
+            # side by side, small shards: a later stage sees an earlier one's records as soon as they are committed
+            shard_size=min(self.shard_size, STREAM_SHARD) if side_by_side else self.shard_size,
+            source=self.source,
+            pipeline=_stage_pipeline(self.pipeline, plan.stage, workers, side_by_side),
+            progress=False if side_by_side and not last else self.progress,  # one progress display at a time
+        )
+
+    def _one_by_one(self, plans: list[StagePlan], jobs: list[Any]) -> dict[str, Any]:
+        """One stage after another: one model in memory at a time (each is freed when its stage ends)."""
+        from capmill.run.local import LocalRunner
+
+        summaries = {}
+        for plan, job in zip(plans, jobs, strict=True):
+            summaries[plan.stage.name] = LocalRunner(job).run()
+            index = Outputs(plan.folder)  # the next stages look its outputs up here
+            index.refresh()
+            index.close()
+        return summaries
+
+    def _side_by_side(self, plans: list[StagePlan], jobs: list[Any]) -> dict[str, Any]:
+        """Every stage at once, each with its model loaded: a stage takes an input up as soon as the stages it reads
+        have committed theirs (it waits for them, and leaves an input out once they end without it)."""
+        import threading
+
+        from capmill.recipes.source import RUNNING
+        from capmill.run.local import LocalRunner
+
+        summaries: dict[str, Any] = {}
+        errors: list[BaseException] = []
+        events = {plan.stage.name: threading.Event() for plan in plans}
+
+        def work(plan: StagePlan, job: Any) -> None:
+            try:
+                summaries[plan.stage.name] = LocalRunner(job).run()
+            except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
+                errors.append(exc)
+            finally:
+                events[plan.stage.name].set()  # the stages reading it stop waiting
+
+        for plan in plans:
+            RUNNING[os.path.abspath(plan.folder)] = events[plan.stage.name]
+        threads = [
+            threading.Thread(target=work, args=(p, j), name=f"capmill-stage-{p.stage.name}", daemon=True)
+            for p, j in zip(plans, jobs, strict=True)
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        finally:
+            for plan in plans:
+                RUNNING.pop(os.path.abspath(plan.folder), None)
+        if errors:
+            raise errors[0]
+        return {p.stage.name: summaries[p.stage.name] for p in plans}
 
     def _claim(self, plan: StagePlan) -> None:
         """Make the stage folder hold this identity: keep it, set it aside, or take back an earlier one."""
@@ -261,10 +316,13 @@ def write_records(
     return counts
 
 
-def _stage_pipeline(base: PipelineOptions, stage: Stage, workers: int) -> PipelineOptions:
+def _stage_pipeline(base: PipelineOptions, stage: Stage, workers: int, side_by_side: bool) -> PipelineOptions:
     import dataclasses
 
-    return dataclasses.replace(base, mode=None, batch_size=stage.batch_size, workers=workers)
+    options = dataclasses.replace(base, mode=None, batch_size=stage.batch_size, workers=workers)
+    if side_by_side:  # a batch goes to the engine as soon as it is full, not a window of eight: records flow sooner
+        options = dataclasses.replace(options, group_batches=1)
+    return options
 
 
 def _unique(items: Any) -> Any:

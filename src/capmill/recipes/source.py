@@ -2,8 +2,9 @@
 
 Registered as the source kind `recipe-stage` (its target is the stage's `plan.json`), so a stage runs through
 the ordinary run machinery: an image stage's items keep their image and carry their rendered prompt; a text
-stage's items are the rendered prompt itself (no image). An item a template cannot be filled for (a missing
-metadata column, an earlier stage that failed for it) becomes an error item: the run goes on.
+stage's items are the rendered prompt itself (no image). An input an earlier stage failed for is left out (the
+recipe's record is that stage's error); one a template cannot be filled for (a missing metadata column, a
+missing structured field) becomes an error item: the run goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,9 @@ from capmill.recipes.stage import BASE_ID_KEY, PROMPT_KEY, VARIANT_KEY, StageIte
 from capmill.recipes.template import MissingValue, Template, item_context
 from capmill.records import Item, sha256_hex
 
+# stage folder -> an event set when that stage's run has ended, for stages running side by side (see runner.py)
+RUNNING: dict[str, threading.Event] = {}
+POLL_S = 0.2
 KEY_COLUMNS = ("id", "file_name", "filename", "file", "path", "image", "stem", "key")
 
 
@@ -83,6 +88,7 @@ class StageSource(Source):
         self.source_options = SourceOptions(**plan["source_options"])
         self.stage = Stage.model_validate_json(plan["stage"])
         self.reads = {name: Outputs(path) for name, path in plan["reads"].items()}
+        self.running = {name: RUNNING.get(os.path.abspath(path)) for name, path in plan["reads"].items()}
         self.metadata_path = plan.get("metadata")
         self.text = self.stage.mode == "text"
         where = f"stage {self.stage.name!r}"
@@ -114,7 +120,11 @@ class StageSource(Source):
                 yield from self._items(item, rows.get(item.meta.get("row"), {}), metadata)
 
     def _items(self, item: Item, row: dict[str, Any], metadata: Metadata) -> Iterator[Item]:
-        stages = {name: outputs.get(item.id) for name, outputs in self.reads.items()}
+        stages = {name: self._output(name, item.id) for name in self.reads}
+        if any(out is None or out.get("status") not in ("ok", "repaired") for out in stages.values()):
+            # an earlier stage failed for this input (or has not reached it): its record stands for the input, and
+            # nothing is recorded here, so a later run takes the input up once the earlier stage has it
+            return
         context = item_context(item.id, item.source, {}, stages)
         context["meta"] = {**row, **metadata.lookup(context, item.source)}
         if self.stage.prompt_set is not None:
@@ -126,6 +136,18 @@ class StageSource(Source):
                 yield self._one(item, item_id, variant.template, context, {VARIANT_KEY: variant.name, "order": order})
         else:
             yield self._one(item, item.id, self.template, context, {})
+
+    def _output(self, name: str, item_id: str) -> dict[str, Any] | None:
+        """An earlier stage's output for this input; side by side, wait until it is committed or the stage ends."""
+        outputs, running = self.reads[name], self.running.get(name)
+        found = outputs.get(item_id)
+        while found is None and running is not None:
+            ended = running.wait(POLL_S)
+            outputs.refresh()
+            found = outputs.get(item_id)
+            if ended:
+                break
+        return found
 
     def _one(
         self, item: Item, item_id: str, template: Template | None, context: dict[str, Any], extra: dict[str, Any]

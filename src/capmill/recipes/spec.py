@@ -141,6 +141,7 @@ class Recipe(BaseModel):
     stages: tuple[Stage, ...]
     output: str | None = None  # the stage whose output is the record's caption (default: the last)
     metadata: str | None = None  # a JSONL/CSV file of extra columns per item ({meta.COLUMN}), matched by id or name
+    side_by_side: bool = False  # every stage at once, each model loaded, records streaming to the next stage
     base_dir: str = "."  # where relative paths of the recipe (scaffolds, tag files, metadata) are resolved
 
     @classmethod
