@@ -83,8 +83,11 @@ def recipe(model: str, inputs: list[str], work: str, tokens: int, side_by_side: 
         }
     )
     start = _clock()
-    r.run(inputs, os.path.join(work, "recipe"), progress=False, workers=0)
-    return _since(start)
+    summary = r.run(inputs, os.path.join(work, "recipe"), progress=False, workers=0)
+    took = _since(start)
+    done = {name: stage["session"]["captioned"] for name, stage in summary["stages"].items()}
+    assert summary["run"]["records"] == len(inputs) and done["detailed"] == len(inputs), (summary["run"], done)
+    return took
 
 
 def _side_by_side(model: str, inputs: list[str], work: str, tokens: int) -> tuple[float, float]:

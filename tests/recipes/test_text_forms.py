@@ -67,6 +67,14 @@ def test_a_large_vocabulary(matcher_for):
     assert not matcher_for(g, ", ".join(vocab[:21]))[0]
 
 
+def test_a_banned_word_left_by_the_budget_is_trimmed():
+    from capmill.recipes.stage import trim_banned_tail
+
+    assert trim_banned_tail("ohwx, a red law", ("law",)) == ("ohwx, a red", "law")
+    assert trim_banned_tail("a big  Dog.", ("cat", "big dog")) == ("a", "big  Dog.")
+    assert trim_banned_tail("a lawful", ("law",)) == ("a lawful", "")
+
+
 def test_dedupe_tags():
     from capmill.recipes.stage import dedupe_tags
 

