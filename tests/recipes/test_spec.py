@@ -227,3 +227,12 @@ def test_system_prompt_and_text_mode_per_stage(tiny_model):
     assert plans[1].captioner.inner.system_prompt() == "Be brief." and plans[1].captioner.mode == "text"
     assert plans[0].captioner.inner.system_prompt() is None
     assert plans[1].captioner.identity["reads"] == {"a": plans[0].identity_hash}
+
+
+def test_sidecar_captions_needs_a_recipe(coco_photos):
+    proc = subprocess.run(
+        [sys.executable, "-m", "capmill", "caption", str(coco_photos[0]), "--sidecar-captions", "lines"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--sidecar-captions is for --recipe runs" in proc.stderr

@@ -220,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         from capmill.recipes.cli import run_recipe
 
         return run_recipe(args)
+    if getattr(args, "sidecar_captions", None):
+        raise ConfigError("--sidecar-captions is for --recipe runs with a prompt set (many captions per image)")
     if args.show_prompt:
         return show_prompt(args)
     from capmill.data.fetch import FetchOptions
