@@ -96,6 +96,7 @@ def test_template_render_and_escape():
         },
     )
     assert t.render(ctx) == "{literal} a.jpg in cats: cat, sofa; grey cat; A cat."
+    assert Template.parse("{stages.cap.status}/{stages.obj.subjects}", "t").render(ctx) == "repaired/grey cat"
     failed = dict(ctx, stages={**ctx["stages"], "cap": {"status": "error", "error": "x: truncated image"}})
     with pytest.raises(MissingValue, match="stage 'cap' failed for this item"):
         t.render(failed)
