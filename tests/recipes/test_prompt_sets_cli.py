@@ -126,3 +126,10 @@ def test_show_prompt_prints_each_stage(tmp_path, tiny_model, photos):
         "--- stage b (text) ---",
         "Shorten: <stages.a>",
     ]
+
+
+def test_without_a_run_folder_records_go_to_stdout(tmp_path, tiny_model, coco_photos):
+    recipe = styles_recipe(tmp_path / "one.yaml", tiny_model("qwen2_vl"), "random")
+    out = caption(coco_photos[0], "--recipe", recipe).stdout
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    assert record["meta"]["stages"]["styles"]["variant"] and record["caption"]
