@@ -42,6 +42,7 @@ _LAZY = {
     "RUNNERS": "capmill.run",
     "CapmillError": "capmill.errors",
     "ConfigError": "capmill.errors",
+    "Recipe": "capmill.recipes",
 }
 
 __all__ = ["__version__", *_LAZY]

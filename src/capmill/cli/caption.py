@@ -39,6 +39,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=("caption", "structured", "text"), help="default: the profile's")
     g.add_argument("--prompt", help="the user prompt (generic profile, or to override a profile's)")
     g.add_argument("--scaffold", help="JSON captioner: file with the system prompt row (task_1.jsonl)")
+    g.add_argument("--recipe", metavar="FILE", help=RECIPE_HELP)
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     g.add_argument("--exact", action="store_true", help=EXACT_HELP)
@@ -69,6 +70,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: %(default)s)")
     o.add_argument("--sidecar-kinds", default="txt,json", help="sidecar files: txt, json, tags (comma-separated)")
     o.add_argument("--overwrite-sidecars", action="store_true", help="replace existing sidecar files")
+    o.add_argument(
+        "--sidecar-captions",
+        choices=("first", "lines", "files"),
+        help="--recipe with a prompt set: one caption per line in photo.txt (lines), or photo.VARIANT.txt (files)",
+    )
     o.add_argument("--runner", default="local", help="local (default) or a runner added to capmill.run.RUNNERS")
     o.add_argument("--address", help="--runner ray: the cluster to join (default: a new local one)")
     o.add_argument("--actors", type=int, help="--runner ray: model actors (default: one per GPU, else CPUs - 1)")
@@ -239,7 +245,19 @@ def show_prompt(args: argparse.Namespace) -> int:
     raise ConfigError("no input found to render a prompt for")
 
 
+RECIPE_HELP = (
+    "a recipe (YAML): stages with their own model, prompt template ({filename}, {meta.COLUMN}, {stages.NAME}), "
+    "prompt set and constraints, each resumed on its own; replaces --model/--profile/--prompt; see docs/recipes.md"
+)
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "recipe", None):
+        from capmill.recipes.cli import run_recipe
+
+        return run_recipe(args)
+    if getattr(args, "sidecar_captions", None):
+        raise ConfigError("--sidecar-captions is for --recipe runs with a prompt set (many captions per image)")
     if args.show_prompt:
         return show_prompt(args)
     from capmill.data.fetch import FetchOptions

@@ -19,13 +19,15 @@ from typing import Any
 
 from transformers import LogitsProcessor
 
-from capmill.engines.grammars import grammar_for
+from capmill.engines.grammars import CUT_ANYWHERE, TEXT_FORM, grammar_for
 from capmill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # Tokens kept, beyond the shortest complete output of a grammar, for closing a structure at the budget's end.
 RESERVE_MARGIN = 16
+# The same for text forms (a sentence end, a tag list): closing takes a token or two, not a nest of brackets.
+TEXT_RESERVE_MARGIN = 2
 _TEMPLATES_PER_TOKENIZER = 64
 # Common chat end markers: besides the tokenizer's own EOS, a grammar may end on whichever one the model emits.
 _END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<end_of_turn>")
@@ -42,7 +44,8 @@ class LLGuidanceLogitsProcessor(LogitsProcessor):
     consumes the one token each row produced since. A row whose grammar has ended (it took an end-of-sequence
     token, or a token it refuses after an accepting state: the pad of a row stopped by a stop string) is
     held to end-of-sequence tokens from then on, so left padding, EOS and stop strings need nothing special
-    and nothing can follow a finished structure. Unconstrained rows are never touched.
+    and nothing can follow a finished structure. Unconstrained rows are never touched. A row with reserve 0 is
+    never steered (a text form that may be cut anywhere: it decodes as unconstrained where its grammar allows).
     """
 
     def __init__(self, tok: Any, matchers: list[Any], *, max_new_tokens: int | None, reserves: list[int]):
@@ -176,14 +179,29 @@ def logits_processors(
             continue
         template, distance = tok.compiled(grammar_for(constraint, tok.added), row=i)
         matchers.append(template.deep_copy())
-        reserves.append(reserve if reserve is not None else distance + RESERVE_MARGIN)
+        marker = _marker(constraint)
+        if CUT_ANYWHERE in marker:
+            reserves.append(0)  # a budget cut leaves a valid output: never change what the model writes
+        elif reserve is not None:
+            reserves.append(reserve)
+        else:
+            reserves.append(distance + (TEXT_RESERVE_MARGIN if TEXT_FORM in marker else RESERVE_MARGIN))
     return LLGuidanceLogitsProcessor(tok, matchers, max_new_tokens=max_new_tokens, reserves=reserves)
+
+
+def _marker(constraint: dict[str, Any]) -> str:
+    """The capmill marker lines at the top of a text-form grammar ("" for any other constraint)."""
+    grammar = constraint.get("grammar") if isinstance(constraint, dict) else None
+    if not isinstance(grammar, str) or not grammar.startswith(TEXT_FORM):
+        return ""
+    return "\n".join(line for line in grammar.splitlines()[:2] if line.startswith("// capmill:"))
 
 
 def closing_choice(tok: _LLTok, matcher: Any, row: Any) -> Any:
     """The packed mask of the tokens that close a structure soonest, given the row's allowed mask, or None.
 
-    In order: end of sequence when the grammar may end; the first forced token; a newline (ends a raw
+    In order: end of sequence when the grammar may end; the first forced token; a sentence end (".", "!",
+    "?") after which the grammar may end (text forms that end at a sentence boundary); a newline (ends a raw
     tool-call value); a token that closes a JSON string; one that closes arrays or objects. None: keep the
     full mask (the grammar needs content, say the first character of a non-empty name).
     """
@@ -197,6 +215,13 @@ def closing_choice(tok: _LLTok, matcher: Any, row: Any) -> Any:
         only = torch.zeros_like(row)
         only[forced[0] // 32] = _bit(forced[0] % 32)
         return only
+    for token in tok.sentence_ids:
+        if int(row[token // 32]) & _bit(token % 32):
+            trial = matcher.deep_copy()
+            if trial.consume_token(token) and trial.is_accepting():
+                only = torch.zeros_like(row)
+                only[token // 32] = _bit(token % 32)
+                return only
     for tier in tok.tiers:
         narrowed = row & tier
         if bool(narrowed.any()):
@@ -255,6 +280,9 @@ class _LLTok:
 
         self._templates: dict[str, tuple[Any, int]] = {}
         self.tier_eos = _pack(eos_ids, self.ll.vocab_size)
+        # sentence ends, full stops first (the wrap-up takes the first one the grammar allows)
+        ends = [(b.strip(), t) for t, b in enumerate(texts) if b and not special[t] and b.strip() in (b".", b"!", b"?")]
+        self.sentence_ids = [t for _, t in sorted(ends, key=lambda e: (b".!?".index(e[0]), e[1]))]
         self.tiers = [
             tier(lambda b: set(b) == {0x0A}),  # newline: ends a raw tool-call value
             tier(lambda b: b[:1] == b'"' and set(b[1:]) <= set(b"]}")),  # closes a JSON string (and containers)

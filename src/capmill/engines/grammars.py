@@ -205,3 +205,82 @@ def _lit(text: str) -> str:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- text forms: vocabulary and form constraints on free text (captions, tag lists) ----------------------------
+# Markers on the first lines of a text-form grammar, read by the transformers engine (constrained.py): a text form
+# needs only a few tokens to close (a sentence end, the end of a tag); one whose every state past its prefix is a
+# fine place for the token budget to cut (banned and required words only) is never steered to close early.
+TEXT_FORM = "// capmill: text-form"
+CUT_ANYWHERE = "// capmill: cut-anywhere"
+# What may stand beside a banned or required word: whitespace or ASCII punctuation (a small class: Unicode letter
+# classes make the intersected regexes too large for the lexer; a letter like "é" after "cat" is not an edge).
+_WORD_EDGE = r"[\s!-\/:-@\[-`{-~]"
+_SENTENCE_END = r"(?s:.*)[.!?][\"'\u201d\u2019)\]]*"
+_REGEX_META = set('\\.+*?()|[]{}^$#&-~/"')
+
+
+def text_form_grammar(
+    *,
+    prefix: str = "",
+    banned: tuple[str, ...] | list[str] = (),
+    required: tuple[str, ...] | list[str] = (),
+    tags: tuple[str, ...] | list[str] | None = None,
+    max_tags: int | None = None,
+    max_words: int | None = None,
+    sentence_end: bool = False,
+) -> str:
+    """A Lark grammar holding free text to a form, for the ``{"grammar": ...}`` constraint of any engine.
+
+    ``prefix``: the output starts with this text (a trigger word). ``banned``: words or phrases that never appear
+    (whole words, any case, any spacing between a phrase's words). ``required``: words that must appear before
+    the output may end. ``tags``: the body is a comma-separated list (``", "``) of tags from this list, at most
+    ``max_tags`` of them (a repeated tag is removed after decoding, see below). ``max_words``: at most that many
+    words, ending at a sentence end; ``sentence_end``: the output ends with a full stop, question or exclamation mark (so a token budget ends at
+    a sentence boundary). ConfigError names a malformed setting.
+    """
+    parts: list[str] = []
+    if tags is not None:
+        tags = [str(t) for t in tags]
+        if not tags:
+            raise ConfigError("tags: the vocabulary is empty")
+        for tag in tags:
+            if not tag.strip() or "," in tag or tag != tag.strip():
+                raise ConfigError(f"tags: {tag!r} is not a usable tag (no commas, no blank at either end)")
+        if max_tags is not None and max_tags < 1:
+            raise ConfigError(f"max_tags must be at least 1; got {max_tags}")
+        alt = "(" + "|".join(_rx(t) for t in sorted(set(tags), key=len, reverse=True)) + ")"
+        most = len(set(tags)) if max_tags is None else min(max_tags, len(set(tags)))
+        parts.append(f"/{alt}(, {alt}){{0,{most - 1}}}/")
+        # Repeats are not refused here: "no tag twice" for K tags is an intersection of K negated regexes whose
+        # derivatives exhaust llguidance's lexer already at 8 real tags. The recipe stage removes repeats.
+    elif max_words is not None:
+        if max_words < 1:
+            raise ConfigError(f"max_words must be at least 1; got {max_words}")
+        parts.append(rf"/\s*\S+(\s+\S+){{0,{max_words - 1}}}/")
+    else:
+        parts.append("/(?s:.*)/")
+    if (max_words is not None or sentence_end) and tags is None:
+        parts.append(f"/{_SENTENCE_END}/")
+    if banned:  # one negated alternation, not one term per word: the lexer's work grows with the terms
+        words = "|".join(_phrase(word, "banned") for word in banned)
+        parts.append(f"~/(?s:(.*{_WORD_EDGE})?)(?i:{words})({_WORD_EDGE}(?s:.*))?/")
+    for word in required:
+        parts.append(f"/(?s:(.*{_WORD_EDGE})?)(?i:{_phrase(word, 'required')})({_WORD_EDGE}(?s:.*))?/")
+    head = f"{json.dumps(prefix, ensure_ascii=False)} " if prefix else ""
+    cut_anywhere = tags is None and max_words is None and not sentence_end
+    lines = [TEXT_FORM, CUT_ANYWHERE] if cut_anywhere else [TEXT_FORM]
+    lines += [f"start: {head}BODY", "BODY: " + " & ".join(parts)]
+    return "\n".join(lines) + "\n"
+
+
+def _phrase(text: str, field: str) -> str:
+    words = str(text).split()
+    if not words:
+        raise ConfigError(f"{field}: an empty word")
+    return r"\s+".join(_rx(w) for w in words)
+
+
+def _rx(text: str) -> str:
+    """``text`` as a literal inside a Lark ``/regex/`` (Rust regex syntax)."""
+    return "".join(f"\\{c}" if c in _REGEX_META else c for c in text)
