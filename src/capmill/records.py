@@ -97,6 +97,8 @@ class Generation:
     finish_reason: str = "stop"  # "stop" | "length" | "error"
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # with `error`: True when the engine or the network failed (a later run retries), False when the input is bad
+    retryable: bool | None = None
 
 
 @dataclass
@@ -122,6 +124,7 @@ class Record:
     timings: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    error_kind: str | None = None  # error records: "retryable" (a re-run retries it) or "final" (the input is bad)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

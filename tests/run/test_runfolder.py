@@ -32,12 +32,71 @@ def test_shards_commit_in_order_and_read_back(tmp_path):
 
 
 def test_other_configuration_is_refused(tmp_path):
-    open_run(tmp_path).release()
-    with pytest.raises(RunConflictError, match="decoding"):
+    run = open_run(tmp_path)
+    run.add(records(1)[0])
+    run.close()
+    run.release()
+    with pytest.raises(RunConflictError, match="decoding") as caught:
         RunFolder(str(tmp_path), {**CONFIG, "decoding": {"max_new_tokens": 9}})
+    message = str(caught.value)
+    assert "holds 1 record(s)" in message and "decoding.max_new_tokens: 8 (in the folder) -> 9 (now)" in message
+    assert f"rm -rf {tmp_path}" in message
     with pytest.raises(RunConflictError, match="format"):
         open_run(tmp_path, fmt="parquet")
     open_run(tmp_path).release()  # the same configuration resumes
+
+
+def test_a_folder_without_records_takes_the_new_configuration(tmp_path):
+    open_run(tmp_path).release()  # a start that failed before captioning anything
+    run = RunFolder(str(tmp_path), {**CONFIG, "model": "other"})
+    run.release()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["config"]["model"] == "other" and len(manifest["sessions"]) == 1
+
+
+def test_library_version_change_is_reported_not_refused(tmp_path):
+    RunFolder(str(tmp_path), CONFIG, versions={"torch": "1.0"}).release()
+    run = RunFolder(str(tmp_path), CONFIG, versions={"torch": "2.0"})
+    run.release()
+    assert run.notices and "torch 1.0 -> 2.0" in run.notices[0]
+
+
+def test_retryable_errors_are_redone_and_read_back_once(tmp_path):
+    import dataclasses
+
+    ok, bad, gone = records(3)
+    bad = dataclasses.replace(bad, status="error", error="x: engine error", error_kind="retryable")
+    gone = dataclasses.replace(gone, status="error", error="x: not an image", error_kind="final")
+    run = open_run(tmp_path, shard_size=10)
+    for r in (ok, bad, gone):
+        run.add(r)
+    run.close()
+    assert run.is_done(ok.id) and not run.is_done(bad.id) and run.is_done(gone.id)
+    run.release()
+    retry_all = RunFolder(str(tmp_path), CONFIG, retry_errors=True)
+    assert not retry_all.is_done(gone.id) and retry_all.is_done(ok.id)
+    fixed = dataclasses.replace(bad, status="ok", error=None, error_kind=None, caption="now it works")
+    retry_all.add(fixed)
+    retry_all.close()
+    retry_all.release()
+    back = list(read_records(str(tmp_path)))
+    assert [r.id for r in back] == [ok.id, gone.id, bad.id]  # each id once, the retried one's newest record
+    assert back[-1].caption == "now it works"
+
+
+def test_commits_on_a_time_bound(tmp_path):
+    run = open_run(tmp_path, shard_size=1000, commit_seconds=0.2)
+    first, second = records(2)
+    run.add(first)
+    assert run.ledger.count() == 0
+    import time
+
+    time.sleep(0.3)
+    run.commit_if_due()  # what the writer calls while it waits
+    assert run.ledger.count() == 1
+    run.add(second)
+    run.close()
+    run.release()
 
 
 def test_one_run_at_a_time(tmp_path):

@@ -77,6 +77,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     o.add_argument("--show-prompt", action="store_true", help="print the rendered prompt of the first input; no model")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    o.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="redo every error record, final ones (bad inputs) too; retryable ones are always redone",
+    )
+    o.add_argument(
+        "--max-consecutive-failures",
+        type=int,
+        default=20,
+        help="stop the run after this many engine failures in a row (server down, out of memory); 0: never "
+        "(default: %(default)s)",
+    )
+    o.add_argument(
+        "--max-error-rate",
+        type=float,
+        help="a finished run whose error records exceed this fraction of its records exits with status 4",
+    )
+    o.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=30.0,
+        help="commit the open shard at least this often, so a crash loses at most this much work "
+        "(default: %(default)s)",
+    )
     i = p.add_argument_group("inputs")
     i.add_argument("--image-column", help="table column with image bytes, paths or URLs")
     i.add_argument("--text-column", help="table column with caption text (text mode)")
@@ -215,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
+    if args.max_error_rate is not None and not 0 <= args.max_error_rate <= 1:
+        raise ConfigError("--max-error-rate is a fraction between 0 and 1")
+    if args.max_consecutive_failures < 0 or args.commit_seconds <= 0:
+        raise ConfigError("--max-consecutive-failures must be 0 or more and --commit-seconds more than 0")
     kinds = tuple(k.strip() for k in args.sidecar_kinds.split(",") if k.strip())
     if not kinds or set(kinds) - {"txt", "json"}:
         raise ConfigError("--sidecar-kinds takes txt, json or txt,json")
@@ -249,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size * n_devices,  # a full batch for every device
             workers=workers,
             fetch_threads=max(0, args.download_threads),
+            max_consecutive_failures=args.max_consecutive_failures,
             decode=DecodeOptions(
                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, resize_max_side=args.resize_max_side, draft=args.draft
             ),
@@ -259,14 +288,23 @@ def run(args: argparse.Namespace) -> int:
         out_file=out_file,
         sidecar={"kinds": kinds, "overwrite": args.overwrite_sidecars},
         progress=False if args.quiet else None,
+        retry_errors=args.retry_errors,
+        max_error_rate=args.max_error_rate,
+        commit_seconds=args.commit_seconds,
         runner_options={
             k: v
             for k, v in (("address", getattr(args, "address", None)), ("actors", getattr(args, "actors", None)))
             if v
         },
     )
+    from capmill.errors import RunInterrupted
+
     try:
-        summary = runner_cls(job).run()
+        try:
+            summary = runner_cls(job).run()
+        except RunInterrupted as exc:
+            print(f"capmill caption: {exc}", file=sys.stderr)
+            return exc.exit_code
         if temporary:
             from capmill.run.runfolder import read_records
 
