@@ -303,8 +303,12 @@ class Pipeline:
         """Load the weights when the first batch is ready: a resumed run with nothing left loads nothing."""
         if isinstance(getattr(type(self.captioner), "engine", None), property):
             start = time.perf_counter()
+            self.stats.phase = "loading model"
+            self.on_progress(self.stats)
             _ = self.captioner.engine  # type: ignore[attr-defined]
             self.stats.add_time("load", time.perf_counter() - start)
+        self.stats.phase = "captioning"
+        self.on_progress(self.stats)
 
     def _account(self, generation: Generation) -> None:
         t = generation.timings
@@ -338,6 +342,8 @@ class Pipeline:
                     self.stats.add_time("parse", time.perf_counter() - start)
                     self.emitter.emit(item, record, _generation_reason(record, generation))
                     self.emitter.remember(item.content_hash, record)
+                self.stats.batches += 1
+                self.on_progress(self.stats)
             elif kind == "error":
                 item, error, original = message[1], message[2], message[3]
                 record = error_record(self.captioner, item, error)
