@@ -19,7 +19,7 @@ from capmill.run.stats import Stats  # noqa: E402
 
 LINE = re.compile(
     r"^capmill: (\d+)/(\d+|\?) done \((\d+) resumed, (\d+) errors\) ([\d.]+) img/s ([\d.]+) tok/s ETA (\S+) "
-    r"\[(.+), (\d+) batches\]$"
+    r"\[(.+), (\d+) engine calls\]$"
 )
 
 

@@ -230,6 +230,19 @@ def show_prompt(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.show_prompt:
         return show_prompt(args)
+    from capmill.run.stopping import interrupted_message, stop_on_signals
+
+    with stop_on_signals():  # SIGTERM stops the run as Ctrl-C does: what finished is committed
+        try:
+            return _run(args)
+        except KeyboardInterrupt as exc:  # before the run folder was opened: nothing to save
+            where = args.run_dir or (f"{args.out}.capmill" if args.out else "the run folder")
+            message, code = interrupted_message(exc, where, 0, None)
+            print(f"capmill caption: {message}", file=sys.stderr)
+            return code
+
+
+def _run(args: argparse.Namespace) -> int:
     from capmill.data.fetch import FetchOptions
     from capmill.data.images import DEFAULT_MAX_PIXELS, DecodeOptions
     from capmill.data.sources import SourceOptions
@@ -305,6 +318,7 @@ def run(args: argparse.Namespace) -> int:
         except RunInterrupted as exc:
             print(f"capmill caption: {exc}", file=sys.stderr)
             return exc.exit_code
+
         if temporary:
             from capmill.run.runfolder import read_records
 

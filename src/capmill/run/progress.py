@@ -38,7 +38,7 @@ def line(stats: Stats) -> str:
     return (
         f"capmill: {d['done']}/{total} done ({stats.skipped_done} resumed, {d['errors']} errors) "
         f"{d['images_per_s']:.2f} img/s {d['tokens_per_s']:.1f} tok/s ETA {_eta(d['eta'])} "
-        f"[{stats.phase}, {stats.batches} batches]"
+        f"[{stats.phase}, {stats.batches} engine calls]"
     )
 
 

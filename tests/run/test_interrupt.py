@@ -1,0 +1,92 @@
+"""Ctrl-C and SIGTERM lose nothing that finished: a real `capmill caption` on the real tiny Qwen2-VL (transformers
+engine) is interrupted at random moments; every record it reported done before the signal must be in the run
+folder afterwards, no id twice, and the same command finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from capmill.run.runfolder import read_records, read_shard
+
+COCO = Path("/work/shared/data/coco")
+INTERRUPTS = int(os.environ.get("CAPMILL_INTERRUPTS", "10"))
+N = 0
+DONE = re.compile(r"^capmill: (\d+)/\S+ done", re.M)
+
+
+def reported_done(text: str) -> int:
+    """The highest 'N/T done' of the plain progress lines in `text` (0 before the first)."""
+    return max((int(n) for n in DONE.findall(text)), default=0)
+
+
+def raw_ids(run_dir: Path) -> list[str]:
+    shards = sorted((run_dir / "records").glob("part-*.jsonl")) if (run_dir / "records").is_dir() else []
+    return [r.id for shard in shards for r in read_shard(str(shard))]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not COCO.is_dir(), reason="needs /work/shared/data/coco")
+def test_interrupts_at_random_moments_lose_nothing_that_finished(tmp_path, tiny_model):
+    model = tiny_model("qwen2_vl")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    global N
+    for path in sorted(COCO.glob("*/*.jpg")):  # 159 real photos of many sizes
+        shutil.copy(path, photos / path.name)
+    N = len(list(photos.iterdir()))
+    run_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "capmill", "caption", str(photos), "--model", str(model), "--profile",
+               "inkscope-2b", "--run-dir", str(run_dir), "--batch-size", "1", "--max-new-tokens", "12"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(int(os.environ.get("CAPMILL_INTERRUPT_SEED", "20261206")))
+    outcomes, previous = [], 0
+    for attempt in range(INTERRUPTS):
+        with open(log, "w") as err:
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        if attempt % 2:  # any moment, start-up included
+            time.sleep(rng.uniform(0.5, 20.0))
+        else:  # a moment after some batch was reported done
+            deadline = time.monotonic() + 120
+            target = reported_done(log.read_text()) + 1
+            while reported_done(log.read_text()) < target and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 3.0))
+        sig = signal.SIGINT if attempt % 3 else signal.SIGTERM
+        before = reported_done(log.read_text())  # read before the signal: everything reported so far
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        code = proc.wait(timeout=180)
+        text = log.read_text()
+        ids = raw_ids(run_dir)
+        assert len(ids) == len(set(ids)), "an id was written twice"
+        saved = len(ids)
+        assert saved >= before, f"reported {before} done before the signal, but only {saved} were saved\n{text}"
+        if code in (130, 143):
+            assert "run the same command again to resume" in text, text
+            # the line says what was saved (0 when stopped before the run folder was opened)
+            assert "saved this session" in text, text
+            assert code == (143 if sig == signal.SIGTERM else 130)
+        else:  # it finished before the signal (or the signal came as it exited, everything saved)
+            assert code == 0 or (code == -signal.SIGTERM and saved == N), text
+        outcomes.append((sig.name, before, saved, code, saved - previous))
+        previous = saved
+    print("signal, reported done before it, saved, exit, saved by this attempt:", outcomes)
+    assert sum(1 for *_, code, new in outcomes if new and code) >= 3  # interrupts in mid-run did happen
+    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
+    records = list(read_records(str(run_dir)))
+    assert sorted(r.id for r in records) == sorted(f"photos/{p.name}" for p in photos.iterdir())
+    assert len(raw_ids(run_dir)) == N and all(r.status == "ok" for r in records)
+    assert json.loads((run_dir / "summary.json").read_text())["session"]["completed"]
