@@ -6,8 +6,9 @@ The pipeline, server and CLI are built on these methods: `prepare` (one input ->
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -285,17 +286,28 @@ class Captioner:
 
     def caption(self, inputs: Iterable[Any]) -> list[Record]:
         """Caption everything, batched and grouped by size; bad inputs become error records, order is kept."""
-        items = [self.to_item(value, i) for i, value in enumerate(inputs)]
-        records: list[Record | None] = [None] * len(items)
+        return list(self.iter_captions(inputs))
+
+    def iter_captions(self, inputs: Iterable[Any]) -> Iterator[Record]:
+        """`caption`, streamed: inputs are read a window (8 batches) at a time and records come in input order, so
+        memory holds one window whatever the number of inputs."""
         window = self.batch_size * 8
-        for start in range(0, len(items), window):
+        values = iter(inputs)
+        index = 0
+        while True:
+            chunk = list(itertools.islice(values, window))
+            if not chunk:
+                return
+            items = [self.to_item(value, index + k) for k, value in enumerate(chunk)]
+            index += len(chunk)
+            records: list[Record | None] = [None] * len(items)
             prepared: list[tuple[int, Request, float]] = []
-            for i in range(start, min(start + window, len(items))):
+            for i, item in enumerate(items):
                 t0 = time.perf_counter()
                 try:
-                    request = self.prepare(items[i])
+                    request = self.prepare(item)
                 except InputError as exc:
-                    records[i] = self.error_record(items[i], str(exc), exc.retryable)
+                    records[i] = self.error_record(item, str(exc), exc.retryable)
                     continue
                 prepared.append((i, request, time.perf_counter() - t0))
             # the whole window goes to the engine, which groups it by token length into batches of batch_size
@@ -304,7 +316,7 @@ class Captioner:
                 record = self.finish(items[i], request, generation)
                 record.timings["prepare"] = prep_time
                 records[i] = record
-        return [r for r in records if r is not None]
+            yield from (r for r in records if r is not None)
 
     def close(self) -> None:
         if self._engine is not None:
