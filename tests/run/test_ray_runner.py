@@ -107,3 +107,42 @@ def test_ray_runner_matches_local_resumes_and_writes_parquet(ray_cluster, tiny_m
     # nothing left: a rerun adds and repeats nothing (and needs no cluster work)
     assert main(["caption", a, b, *common, "--run-dir", remote, "--runner", "ray"]) == 0
     assert _records(remote) == got
+
+
+@pytest.mark.slow
+def test_local_and_ray_share_one_configuration_key_and_pixels(ray_cluster, tiny_model, coco_photos, tmp_path):
+    """A profile that downscales photos (`extra["max_image_side"]`): both runners key the run alike and the model
+    sees the same pixels (equal prompt token counts and greedy captions per input)."""
+    import functools
+
+    from capmill.captioner import Captioner
+    from capmill.models.catalog import get_profile
+    from capmill.run.local import CaptionJob, LocalRunner
+    from capmill.run.pipeline import PipelineOptions
+    from capmill.run.ray_runner import RayRunner
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in coco_photos[:3]:
+        shutil.copy(photo, photos / photo.name)
+    profile = get_profile("generic").model_copy(update={"extra": {"max_image_side": 96}, "prompt": "Describe."})
+    make = functools.partial(
+        Captioner, model=str(tiny_model("qwen3_5")), profile=profile, decoding={"max_new_tokens": 5}, batch_size=2
+    )
+
+    def job(run_dir):
+        return CaptionJob(
+            inputs=[str(photos)], make_captioner=make, run_dir=str(run_dir), fmt="parquet", progress=False,
+            pipeline=PipelineOptions(batch_size=2, workers=0), runner_options={"actors": 1},
+        )  # fmt: skip
+
+    LocalRunner(job(tmp_path / "local")).run()
+    RayRunner(job(tmp_path / "ray")).run()
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("local", "ray")]
+    assert manifests[0]["settings_hash"] == manifests[1]["settings_hash"]
+    assert manifests[0]["config"]["image_resize"] == {"max_side": 96, "draft": False}
+    local, remote = _records(str(tmp_path / "local")), _records(str(tmp_path / "ray"))
+    assert [(r["id"], r["tokens"], r["caption"]) for r in local] == [
+        (r["id"], r["tokens"], r["caption"]) for r in remote
+    ]
+    assert all(r["status"] == "ok" for r in local) and len(local) == 3

@@ -76,7 +76,7 @@ class Pipeline:
         prefetch = self.options.prefetch or max(8, 4 * self.options.batch_size, 2 * self.options.fetch_threads)
         self._loaded: queue.Queue = queue.Queue(maxsize=prefetch)
         self._batches: queue.Queue = queue.Queue(maxsize=1)  # one window ready while the engine runs another
-        self._records: queue.Queue = queue.Queue(maxsize=4 * self.options.batch_size + 16)
+        self._records: queue.Queue = queue.Queue(maxsize=16)  # messages: a generated window, or one input
         self._stop = threading.Event()  # everything stops
         self._halt_inputs = threading.Event()  # reading and batching stop; the writer finishes what is generated
         self._errors: list[BaseException] = []
