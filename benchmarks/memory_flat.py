@@ -92,10 +92,13 @@ def make_images(folder: Path, n: int) -> None:
 
 
 def make_texts(path: Path, n: int) -> None:
-    """n distinct caption lines (distinct content: no deduplication shortcut)."""
+    """n distinct caption lines (distinct content: no deduplication shortcut), from a small vocabulary as real
+    captions are (a number per line would fill the grounding's bounded word cache and be measured instead)."""
+    words = ("dog", "cat", "red", "blue", "beach", "park", "running", "sitting", "small", "old")
     with open(path, "w", encoding="utf-8") as handle:
         for i in range(n):
-            handle.write(f"a photo number {i} of a dog running on a beach at dusk\n")
+            digits = " ".join(words[int(d)] for d in str(i))
+            handle.write(f"a photo of {digits} at dusk\n")
 
 
 def run(folder: Path, work: Path, model: Path, n: int, scaffold: str = "") -> dict:
