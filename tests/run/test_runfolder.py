@@ -142,3 +142,24 @@ def test_formats(tmp_path, fmt):
     if fmt == "hf":
         datasets = pytest.importorskip("datasets")
         assert datasets.load_from_disk(str(run_dir / "dataset"))["id"] == [r.id for r in rs]
+
+
+def test_hf_dataset_holds_each_id_once_after_a_retry(tmp_path):
+    import dataclasses
+
+    datasets = pytest.importorskip("datasets")
+    ok, bad = records(2)
+    bad = dataclasses.replace(bad, status="error", error="x: engine error", error_kind="retryable")
+    run = open_run(tmp_path, fmt="hf")
+    run.add(ok)
+    run.add(bad)
+    run.close()
+    run.release()
+    again = open_run(tmp_path, fmt="hf")
+    assert not again.is_done(bad.id)
+    again.add(dataclasses.replace(bad, status="ok", error=None, error_kind=None, caption="fine now"))
+    again.close()
+    again.release()
+    ds = datasets.load_from_disk(str(tmp_path / "dataset"))
+    assert sorted(ds["id"]) == sorted([ok.id, bad.id]) and "fine now" in ds["caption"]
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
