@@ -49,3 +49,42 @@ def test_plain_lines_after_every_batch(tmp_path):
     assert {m.group(8) for m in parsed} >= {"captioning"}
     assert parsed[-1].group(7) == "0m00s"  # nothing left
     assert float(parsed[-1].group(6)) > 0  # tokens/s
+
+
+def test_rich_display_moves_on_a_terminal(tmp_path):
+    """`capmill caption` with its stderr on a pseudo-terminal (as in a terminal or tmux): the rich display is drawn
+    and redrawn while the run goes, with the phase, done counts, speeds and errors."""
+    import os
+    import pty
+    import subprocess
+
+    from run_scripted import cli_command
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(24):
+        (folder / f"{i:02d}.jpg").write_bytes(jpeg((i * 10, 9, 9)))
+    command = cli_command(
+        sys.executable, "caption", str(folder), "--model", str(model_dir(tmp_path / "m")), "--profile", "inkscope-2b",
+        "--engine", "scripted-test", "--run-dir", str(tmp_path / "run"), "--batch-size", "2", "--workers", "0",
+    )  # fmt: skip
+    main, secondary = pty.openpty()
+    env = {**os.environ, "CAPMILL_SCRIPTED_DELAY": "0.1", "COLUMNS": "160", "TERM": "xterm-256color"}
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary, env=env)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=120) == 0
+    os.close(main)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "\x1b[" in screen  # drawn with terminal control sequences, not plain lines
+    assert "capmill" in screen and "captioning" in screen and "img/s" in screen and "errors" in screen
+    counts = set(re.findall(r"(\d+)/24", screen))
+    assert len(counts) >= 3 and "24" in counts, counts  # redrawn as the run went: several done counts
