@@ -163,3 +163,19 @@ def test_hf_dataset_holds_each_id_once_after_a_retry(tmp_path):
     ds = datasets.load_from_disk(str(tmp_path / "dataset"))
     assert sorted(ds["id"]) == sorted([ok.id, bad.id]) and "fine now" in ds["caption"]
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "webdataset"])
+def test_a_duplicates_original_is_read_at_its_position(tmp_path, fmt):
+    from capmill.run.runfolder import read_shard_row
+
+    run = open_run(tmp_path, fmt=fmt, shard_size=50)
+    rows = records(7)
+    for r in rows:
+        run.add(r)
+    run.close()
+    shard = str(tmp_path / "records" / run.shard_names()[0])
+    assert [read_shard_row(shard, i).id for i in range(7)] == [r.id for r in rows]
+    entry = run.ledger.find_key(run.key_for(rows[5].content_hash))
+    assert entry.pos == 5 and run.find_record(run.key_for(rows[5].content_hash)).id == rows[5].id
+    run.release()

@@ -43,6 +43,7 @@ class Entry:
     reason: str | None
     shard: str
     error_kind: str | None = None  # error records: "retryable" or "final"
+    pos: int | None = None  # the record's position in its shard: a duplicate's original is read without a scan
 
 
 class Ledger:
@@ -60,18 +61,21 @@ class Ledger:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
         if "error_kind" not in columns:  # a ledger written before errors had a kind
             self._db.execute("ALTER TABLE items ADD COLUMN error_kind TEXT")
+        if "pos" not in columns:
+            self._db.execute("ALTER TABLE items ADD COLUMN pos INTEGER")
         self._db.execute("CREATE INDEX IF NOT EXISTS items_shard ON items(shard)")
         if session:  # a run's own indexes; a reader needs none
             self._db.executescript(SESSION)
 
     def commit_shard(self, shard: str, entries: Iterable[Entry]) -> None:
         """Record a renamed shard and all its items at once (or nothing, if the process dies meanwhile)."""
-        rows = [(e.id, e.key, e.status, e.reason, e.shard, e.error_kind) for e in entries]
+        rows = [(e.id, e.key, e.status, e.reason, e.shard, e.error_kind, e.pos) for e in entries]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO items (id, key, status, reason, shard, error_kind) VALUES (?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO items (id, key, status, reason, shard, error_kind, pos) "
+                    "VALUES (?,?,?,?,?,?,?)",
                     rows,
                 )
                 self._db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?)", (shard, len(rows)))
@@ -100,7 +104,7 @@ class Ledger:
         """A done entry with this key (a non-error one first): its record can be copied for a duplicate input."""
         where = "" if include_errors else " AND status != 'error'"
         query = (
-            "SELECT id, key, status, reason, shard, error_kind FROM items "
+            "SELECT id, key, status, reason, shard, error_kind, pos FROM items "
             f"WHERE key = ?{where} ORDER BY status = 'error' LIMIT 1"
         )
         with self._lock:

@@ -9,6 +9,7 @@ shard missing from the ledger (a crash right after the rename) is entered; tempo
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -167,7 +168,7 @@ class RunFolder:
         for name in self.shard_names():
             if name not in known:  # renamed but not entered: the crash came between the two steps
                 records = list(read_shard(os.path.join(self.records_dir, name)))
-                entries = [self._entry(r, None, name) for r in records]
+                entries = [self._entry(r, None, name, pos) for pos, r in enumerate(records)]
                 self._export_shard(records)
                 self.ledger.commit_shard(name, entries)
 
@@ -187,11 +188,10 @@ class RunFolder:
         """Whether this id needs no more work (an error record that may pass on a retry does not count)."""
         return self.ledger.is_done(item_id)
 
-    def _entry(self, record: Record, reason: str | None, shard: str) -> Entry:
+    def _entry(self, record: Record, reason: str | None, shard: str, pos: int | None = None) -> Entry:
         kind = (record.error_kind or "final") if record.status == "error" else None
-        return Entry(
-            record.id, self.key_for(record.content_hash), record.status, reason or _reason(record), shard, kind
-        )
+        key = self.key_for(record.content_hash)
+        return Entry(record.id, key, record.status, reason or _reason(record), shard, kind, pos)
 
     def add(self, record: Record, media: bytes | None = None, reason: str | None = None) -> None:
         """Buffer one record into the open shard; the shard is committed when it holds `shard_size` records, or
@@ -204,7 +204,7 @@ class RunFolder:
                 self._pending = _Pending(name, tmp, SINKS.get(self.sink_name)(tmp))
             pending = self._pending
             pending.sink.write(record, media if self.wants_media else None)
-            pending.entries.append(self._entry(record, reason, pending.name))
+            pending.entries.append(self._entry(record, reason, pending.name, len(pending.entries)))
             if self.shard_export:
                 pending.records.append(record)
             if len(pending.entries) >= self.shard_size:
@@ -270,7 +270,12 @@ class RunFolder:
         entry = self.ledger.find_key(key, include_errors)
         if entry is None:
             return None
-        for record in read_shard(os.path.join(self.records_dir, entry.shard)):
+        path = os.path.join(self.records_dir, entry.shard)
+        if entry.pos is not None:  # straight to its row (its row group, for Parquet)
+            record = read_shard_row(path, entry.pos)
+            if record is not None and record.id == entry.id:
+                return record
+        for record in read_shard(path):  # a ledger written before positions were kept
             if record.id == entry.id:
                 return record
         return None
@@ -321,6 +326,28 @@ def read_shard(path: str) -> Iterator[Record]:
                         yield Record.from_dict(json.loads(handle.read()))
     else:
         raise ConfigError(f"{path}: not a capmill shard")
+
+
+def read_shard_row(path: str, pos: int) -> Record | None:
+    """The record at position `pos` of a shard: JSONL lines are skipped unparsed, Parquet reads one row group."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        from capmill.data.sinks.base import row_to_record
+
+        pf = pq.ParquetFile(path)
+        for group in range(pf.metadata.num_row_groups):
+            rows = pf.metadata.row_group(group).num_rows
+            if pos < rows:
+                return row_to_record(pf.read_row_group(group).slice(pos, 1).to_pylist()[0])
+            pos -= rows
+        return None
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as handle:
+            for line in itertools.islice((x for x in handle if x.strip()), pos, pos + 1):
+                return Record.from_dict(json.loads(line))
+        return None
+    return next(itertools.islice(read_shard(path), pos, pos + 1), None)
 
 
 def read_records(run_dir: str) -> Iterator[Record]:
