@@ -146,3 +146,38 @@ def test_local_and_ray_share_one_configuration_key_and_pixels(ray_cluster, tiny_
         (r["id"], r["tokens"], r["caption"]) for r in remote
     ]
     assert all(r["status"] == "ok" for r in local) and len(local) == 3
+
+
+@pytest.mark.slow
+def test_ray_run_stops_when_its_server_is_down(ray_cluster, tiny_model, coco_photos, tmp_path):
+    """The OpenAI-compatible engine pointed at a port where nothing listens: every caption fails retryably, the
+    run stops on its circuit breaker, and what it wrote is marked retryable (the next run redoes it)."""
+    import functools
+    import socket
+
+    from capmill.captioner import Captioner
+    from capmill.errors import EngineUnavailableError
+    from capmill.run.local import CaptionJob
+    from capmill.run.pipeline import PipelineOptions
+    from capmill.run.ray_runner import RayRunner
+
+    with socket.socket() as s:  # a free port, closed again: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in coco_photos:
+        shutil.copy(photo, photos / photo.name)
+    options = {"base_url": f"http://127.0.0.1:{port}/v1", "check_server": False, "max_retries": 0}
+    make = functools.partial(
+        Captioner, model=str(tiny_model("qwen2_vl")), profile="inkscope-2b", engine="openai", engine_options=options
+    )
+    job = CaptionJob(
+        inputs=[str(photos)], make_captioner=make, run_dir=str(tmp_path / "run"), fmt="parquet", progress=False,
+        pipeline=PipelineOptions(batch_size=2, max_consecutive_failures=3), runner_options={"actors": 1},
+    )  # fmt: skip
+    with pytest.raises(EngineUnavailableError, match="3 engine failures in a row"):
+        RayRunner(job).run()
+    records = _records(str(tmp_path / "run"))
+    assert 3 <= len(records) < len(coco_photos)
+    assert all(r["status"] == "error" and r["error_kind"] == "retryable" for r in records)

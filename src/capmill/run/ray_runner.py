@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from capmill.errors import ConfigError, MissingDependencyError
+from capmill.errors import ConfigError, EngineUnavailableError, MissingDependencyError
 from capmill.records import Item, Record
 from capmill.run.emitter import RecordEmitter, error_record, unfinished  # the local runner's: the same records
 from capmill.run.ray_tasks import CaptionWorker, item_schema, read_batch, registry_class, row_of
@@ -73,6 +73,7 @@ class RayRunner:
             out, options = open_run_folder(captioner, job, source)  # the local runner's configuration
             announce(out, progress)
             writer = _Writer(captioner, out, stats, progress.update if progress else None)
+            writer.max_failures = getattr(job.pipeline, "max_consecutive_failures", 0)
             shutil.rmtree(listing, ignore_errors=True)
             listed = writer.list_items(source, listing, self.options.listing_rows)
             stats.total = stats.seen
@@ -158,6 +159,7 @@ class _Writer:
         self.captioner, self.out, self.stats = captioner, out, stats
         self.on_progress = on_progress or (lambda stats: None)
         self.listed = self.returned = 0
+        self.max_failures, self.failures = 0, 0  # the circuit breaker, as the local pipeline's
         self.emitter = RecordEmitter(out, stats, self.on_progress, max(256, out.shard_size + 1))
 
     def list_items(self, source: Any, folder: str, rows_per_file: int) -> int:
@@ -216,6 +218,23 @@ class _Writer:
         self.emitter.emit(item, record, row["reason"], row["media"])
         if row["hash"] and row["original"]:
             self.emitter.remember(row["hash"], record)
+        if row["kind"] == "generated":
+            self._check_failures(record)
+
+    def _check_failures(self, record: Record) -> None:
+        """Stop after `max_failures` retryable engine failures in a row (a server down, out of memory)."""
+        if record.status != "error":
+            self.failures = 0
+            return
+        if record.error_kind != "retryable":
+            return
+        self.failures += 1
+        if self.max_failures and self.failures >= self.max_failures:
+            raise EngineUnavailableError(
+                f"stopped after {self.failures} engine failures in a row (last: {record.error}); every finished "
+                "record is saved, and the failed inputs are marked retryable: fix the engine and run the same "
+                "command again to resume"
+            )
 
     def finish(self) -> None:
         if self.returned != self.listed:
