@@ -22,7 +22,7 @@ import pytest
 from capmill.run.runfolder import read_records
 
 COCO = Path("/work/shared/data/coco/val2017")
-N = 40
+N = 60
 
 
 def free_port() -> int:
