@@ -144,3 +144,23 @@ def test_text_mode_takes_strings_and_txt_files(json_cap, tmp_path):
 
 def test_caption_text_rendering():
     assert caption_text({"subjects": [{"name": "dog", "attributes": []}], "actions": [], "setting": "unknown"}) == "dog"
+
+
+def test_caption_streams_a_window_at_a_time(cap, coco_photos):
+    """No input is read before the first window's records are out: a generator of inputs is consumed lazily."""
+    taken = []
+
+    def inputs():
+        for path in coco_photos[:3] * 7:  # 21 inputs: more than one window of 8 batches of 2
+            taken.append(path)
+            yield path
+
+    cap.batch_size = 2
+    try:
+        stream = cap.iter_captions(inputs())
+        first = next(stream)
+        assert first.status == "ok" and len(taken) == 16  # one window read, not all 21
+        rest = list(stream)
+        assert len(rest) == 20 and len(taken) == 21
+    finally:
+        cap.batch_size = 8

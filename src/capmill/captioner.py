@@ -6,8 +6,9 @@ The pipeline, server and CLI are built on these methods: `prepare` (one input ->
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,9 @@ class Captioner:
         self.model = str(model)
         self.engine_name = engine
         self.engine_options = dict(engine_options or {})
+        from capmill.run.identity import resolve_model
+
+        self.model_identity = resolve_model(self.model)  # absolute path + fingerprint, or hub id + revision
         self.batch_size = max(1, int(batch_size))
         self.mode = mode or self.profile.default_mode
         if self.mode not in self.profile.modes:
@@ -93,15 +97,36 @@ class Captioner:
         return self.scaffold.tools if self.scaffold else None
 
     def settings(self) -> dict[str, Any]:
-        """What identifies this captioner's output: the run manifest and the resume key."""
+        """What identifies this captioner's output: the run manifest and the resume key.
+
+        The model as resolved (see `capmill.run.identity`), and every engine option set that changes outputs
+        (dtype, `--exact`...; not those an engine lists in `Options.identity_exempt`); constrained decoding is in
+        the prompt hash."""
+        identity = {k: v for k, v in self.model_identity.items() if k != "model"}
         return {
             "profile": self.profile.name,
-            "model": self.model,
+            "model": self.model_identity["model"],
+            **{f"model_{k}": v for k, v in identity.items()},
             "engine": self.engine_name,
+            "engine_options": self.identity_options(),
             "mode": self.mode,
             "prompt_hash": self.prompt_hash(),
             "decoding": self.decoding.model_dump(mode="json"),
         }
+
+    def identity_options(self) -> dict[str, Any]:
+        """The engine options given that change outputs (validated: a wrong option fails here, before any work)."""
+        from pydantic import ValidationError
+
+        from capmill.engines import ENGINES
+
+        options_cls = ENGINES.get(self.engine_name).Options
+        try:
+            given = options_cls.model_validate(self.engine_options).model_dump(mode="json", exclude_unset=True)
+        except ValidationError as exc:
+            raise ConfigError(f"engine {self.engine_name!r}: bad options {self.engine_options!r}: {exc}") from exc
+        exempt = getattr(options_cls, "identity_exempt", frozenset())
+        return {k: v for k, v in sorted(given.items()) if k not in exempt}
 
     def prompt_hash(self, mode: str | None = None) -> str:
         mode = mode or self.mode
@@ -220,7 +245,7 @@ class Captioner:
             content_hash=item.content_hash,
             profile=self.profile.name,
             engine=self.engine_name,
-            model=self.model,
+            model=self.model_identity["model"],
             prompt_hash=self.prompt_hash(),
             decoding=self.decoding.model_dump(mode="json"),
             status=status,  # type: ignore[arg-type]
@@ -228,15 +253,17 @@ class Captioner:
             **fields,
         )
 
-    def error_record(self, item: Item, error: str) -> Record:
-        return self._record(item, "error", error=error)
+    def error_record(self, item: Item, error: str, retryable: bool = False) -> Record:
+        """The record of an input that could not be captioned: final (the input is bad) unless `retryable`."""
+        return self._record(item, "error", error=error, error_kind="retryable" if retryable else "final")
 
     def finish(self, item: Item, request: Request | None, generation: Generation) -> Record:
         """Parse one Generation into a Record: the schema parser for tool calls, grounding in text mode."""
         tokens = {"prompt": generation.prompt_tokens, "completion": generation.completion_tokens}
         common = {"raw": generation.text, "timings": dict(generation.timings), "tokens": tokens}
-        if generation.error:
-            return self._record(item, "error", error=generation.error, **common)
+        if generation.error:  # the engine's failure: retryable unless the engine says the input is at fault
+            kind = "final" if generation.retryable is False else "retryable"
+            return self._record(item, "error", error=generation.error, error_kind=kind, **common)
         notes = [] if generation.finish_reason != "length" else ["stopped at max_new_tokens"]
         if self.profile.output == "tool_call":
             from capmill.schema import parse_tool_call
@@ -263,17 +290,28 @@ class Captioner:
 
     def caption(self, inputs: Iterable[Any]) -> list[Record]:
         """Caption everything, batched and grouped by size; bad inputs become error records, order is kept."""
-        items = [self.to_item(value, i) for i, value in enumerate(inputs)]
-        records: list[Record | None] = [None] * len(items)
+        return list(self.iter_captions(inputs))
+
+    def iter_captions(self, inputs: Iterable[Any]) -> Iterator[Record]:
+        """`caption`, streamed: inputs are read a window (8 batches) at a time and records come in input order, so
+        memory holds one window whatever the number of inputs."""
         window = self.batch_size * 8
-        for start in range(0, len(items), window):
+        values = iter(inputs)
+        index = 0
+        while True:
+            chunk = list(itertools.islice(values, window))
+            if not chunk:
+                return
+            items = [self.to_item(value, index + k) for k, value in enumerate(chunk)]
+            index += len(chunk)
+            records: list[Record | None] = [None] * len(items)
             prepared: list[tuple[int, Request, float]] = []
-            for i in range(start, min(start + window, len(items))):
+            for i, item in enumerate(items):
                 t0 = time.perf_counter()
                 try:
-                    request = self.prepare(items[i])
+                    request = self.prepare(item)
                 except InputError as exc:
-                    records[i] = self.error_record(items[i], str(exc))
+                    records[i] = self.error_record(item, str(exc), exc.retryable)
                     continue
                 prepared.append((i, request, time.perf_counter() - t0))
             # the whole window goes to the engine, which groups it by token length into batches of batch_size
@@ -282,7 +320,7 @@ class Captioner:
                 record = self.finish(items[i], request, generation)
                 record.timings["prepare"] = prep_time
                 records[i] = record
-        return [r for r in records if r is not None]
+            yield from (r for r in records if r is not None)
 
     def close(self) -> None:
         if self._engine is not None:

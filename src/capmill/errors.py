@@ -82,6 +82,32 @@ class InputError(CapmillError):
         # picklable, so decode worker processes can hand it back
         return (type(self), (self.source, self.reason, self.detail))
 
+    @property
+    def retryable(self) -> bool:
+        """A download that timed out, lost its connection or met a 5xx / 429 may work later; a bad file never."""
+        reason = self.reason
+        return reason in ("timeout", "connection error", "http 429") or reason.startswith("http 5")
+
+
+class EngineUnavailableError(EngineError):
+    """The engine failed on many inputs in a row (a server down, out of memory): the run stops, nothing is lost."""
+
+    exit_code = 3
+
+
+class ErrorRateError(CapmillError):
+    """A finished run holds more error records than --max-error-rate allows."""
+
+    exit_code = 4
+
+
+class RunInterrupted(CapmillError):
+    """Ctrl-C or SIGTERM: every finished record was committed; the same command resumes."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        self.exit_code = exit_code
+        super().__init__(message)
+
 
 class OverloadedError(CapmillError):
     """A queue is full; the caller should retry later."""

@@ -101,6 +101,8 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)
     quality: dict[str, Any] | None = None  # the gate's verdict and every attempt (capmill.quality.gate)
     tags: dict[str, Any] | None = None  # an image tagger's tags and scores (capmill.taggers)
+    # with `error`: True when the engine or the network failed (a later run retries), False when the input is bad
+    retryable: bool | None = None
 
 
 @dataclass
@@ -128,6 +130,7 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] | None = None  # image-text score, gate verdict and attempts, when a gate ran
     tags: dict[str, Any] | None = None  # {"tags": [...], "rating": ..., scores}, when a tagger ran
+    error_kind: str | None = None  # error records: "retryable" (a re-run retries it) or "final" (the input is bad)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

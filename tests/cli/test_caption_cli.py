@@ -161,3 +161,20 @@ def test_exact_needs_an_engine_that_has_it(tmp_path, capsys):
     code = main(["caption", str(tmp_path), "--model", "m", "--profile", "generic", "--engine", "openai", "--exact"])
     assert code == 2
     assert "--exact is not an option of engine 'openai'" in capsys.readouterr().err
+
+
+def test_retry_errors_and_max_error_rate_flags(scripted, tmp_path, capsys):
+    folder, common = scripted
+    (folder / "bad.jpg").write_bytes(b"not an image")  # a final error: 1 of 6 records
+    run_dir = tmp_path / "run"
+    argv = ["caption", str(folder), *common, "--run-dir", str(run_dir)]
+    assert main([*argv, "--max-error-rate", "0.1"]) == 4
+    assert "error rate 0.167 (1 of 6 records)" in capsys.readouterr().err
+    assert "max-error-rate 0.1" in json.loads((run_dir / "summary.json").read_text())["failed"]
+    assert main([*argv, "--max-error-rate", "0.2"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())["session"]
+    assert summary["skipped_done"] == 6  # the final error counts as done
+    assert main([*argv, "--retry-errors"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())["session"]
+    assert summary["skipped_done"] == 5 and summary["records_written"] == 1  # only the error was tried again
+    assert main([*argv, "--max-error-rate", "2"]) == 2  # a fraction, or a clear config error

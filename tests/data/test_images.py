@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from make_inputs import BAD, COCO, animated, cmyk, exif_rotated, jpeg, palette_transparent, sixteen_bit
 
@@ -76,3 +78,34 @@ def test_extreme_aspect_ratio():
     with pytest.raises(InputError) as info:
         decode_image(jpeg(size=(2000, 5)), "thin.jpg")
     assert info.value.reason == "extreme aspect ratio"
+
+
+def test_pillow_global_pixel_limit_is_never_changed(monkeypatch):
+    """Decoding applies its own limit per call; Pillow's process-wide one is left alone, even for a moment."""
+    import threading
+
+    from PIL import Image
+
+    from capmill.data.images import DecodeOptions, decode_image
+    from capmill.errors import InputError
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1234)
+    seen, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.add(Image.MAX_IMAGE_PIXELS)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        big = io.BytesIO()
+        Image.new("RGB", (300, 200), (10, 200, 30)).save(big, "PNG")
+        for _ in range(50):  # 60,000 pixels: over Pillow's (patched) limit, under ours
+            assert decode_image(big.getvalue(), "big.png").size == (300, 200)
+        with pytest.raises(InputError, match="decompression bomb"):
+            decode_image(big.getvalue(), "big.png", options=DecodeOptions(max_pixels=50_000))
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == {1234}

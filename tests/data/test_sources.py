@@ -43,11 +43,12 @@ def test_folder_recursive_sorted_and_glob(tmp_path):
     (tmp_path / "notes.md").write_text("skip me")
     (tmp_path / ".hidden.jpg").write_bytes(jpeg())
     ids = [i.id for i in open_sources([str(tmp_path)])]
-    assert ids == [str(tmp_path / "y.png"), str(tmp_path / "a" / "b" / "x.jpg")]  # a folder's files, then subfolders
+    root = tmp_path.name  # ids: the input folder's name, then the path below it
+    assert ids == [f"{root}/y.png", f"{root}/a/b/x.jpg"]  # a folder's files, then subfolders
     flat = [i.id for i in open_sources([str(tmp_path)], SourceOptions(recursive=False))]
-    assert flat == [str(tmp_path / "y.png")]
+    assert flat == [f"{root}/y.png"]
     globbed = [i.id for i in open_sources([str(tmp_path / "**" / "*.jpg")])]
-    assert globbed == [str(tmp_path / "a" / "b" / "x.jpg")]
+    assert globbed == [f"{root}/a/b/x.jpg"]
     assert open_sources([str(tmp_path)]).count() == 2
 
 
@@ -110,9 +111,9 @@ def test_parquet_bytes_struct_path_and_corrupt_rows(tmp_path):
     assert [(i, d == good, r) for i, d, r in got] == [
         ("a", True, None),
         ("b", False, "corrupt row"),
-        (f"{tmp_path / 'struct.parquet'}#0", True, None),
-        (f"{tmp_path / 'paths.parquet'}#0", True, None),
-        (f"{tmp_path / 'paths.parquet'}#1", False, "corrupt row"),
+        ("struct.parquet#0", True, None),
+        ("paths.parquet#0", True, None),
+        ("paths.parquet#1", False, "corrupt row"),
     ]
 
 
@@ -184,10 +185,10 @@ def test_hf_load_from_disk_with_image_feature(tmp_path):
     datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "hfds"))
     assert infer_kind(str(tmp_path / "hfds"))[0] == "hf"
     got = loaded(open_sources([str(tmp_path / "hfds")]))
-    assert [i for i, _, _ in got] == [f"{tmp_path / 'hfds'}/train#0", f"{tmp_path / 'hfds'}/test#0"]
+    assert [i for i, _, _ in got] == ["hfds/train#0", "hfds/test#0"]
     assert got[0][1] == (COCO / PHOTOS[0]).read_bytes()
     only = loaded(open_sources([str(tmp_path / "hfds")], SourceOptions(split="test", mode="text")))
-    assert only == [(f"{tmp_path / 'hfds'}/test#0", "hi", None)]
+    assert only == [("hfds/test#0", "hi", None)]
 
 
 def test_hub_id_is_recognised():
@@ -208,8 +209,8 @@ def test_jsonl_and_csv_manifests(tmp_path):
     got = loaded(open_sources([str(tmp_path / "m.jsonl")]))
     assert [(i, r) for i, _, r in got] == [
         ("one", None),
-        (f"{tmp_path / 'm.jsonl'}#2", "corrupt row"),
-        (f"{tmp_path / 'm.jsonl'}#3", None),
+        ("m.jsonl#2", "corrupt row"),
+        ("m.jsonl#3", None),
     ]
     item = next(iter(open_sources([str(tmp_path / "m.csv")])))
     assert item.id == "u1" and item.meta["url"] == "http://127.0.0.1:9/x.jpg"
@@ -224,12 +225,10 @@ def test_caption_text_files(tmp_path):
     (tmp_path / "folder" / "img1.jpg").write_bytes(jpeg())
     text = SourceOptions(mode="text")
     assert loaded(open_sources([str(tmp_path / "caps.txt")], text)) == [
-        (f"{tmp_path / 'caps.txt'}#1", "a red bus", None),
-        (f"{tmp_path / 'caps.txt'}#3", "a cat on a mat", None),
+        ("caps.txt#1", "a red bus", None),
+        ("caps.txt#3", "a cat on a mat", None),
     ]
-    assert loaded(open_sources([str(tmp_path / "folder")], text)) == [
-        (str(tmp_path / "folder" / "img1.txt"), "sidecar caption", None)
-    ]
+    assert loaded(open_sources([str(tmp_path / "folder")], text)) == [("folder/img1.txt", "sidecar caption", None)]
 
 
 def test_spec_parser(tmp_path):
@@ -270,4 +269,20 @@ def test_folder_symlink_loop_lists_each_file_once(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.jpg").write_bytes(jpeg())
     os.symlink(tmp_path, tmp_path / "sub" / "loop")
-    assert [i.id for i in open_sources([str(tmp_path)])] == [str(tmp_path / "sub" / "a.jpg")]
+    assert [i.id for i in open_sources([str(tmp_path)])] == [f"{tmp_path.name}/sub/a.jpg"]
+
+
+def test_ids_do_not_depend_on_how_the_input_is_spelled(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(jpeg())
+    (photos / "sub" / "b.jpg").write_bytes(jpeg())
+    (tmp_path / "t.parquet").write_bytes(b"")  # only its name matters here
+    monkeypatch.chdir(tmp_path)
+    spellings = ["photos", "./photos/", str(photos), "photos/../photos"]
+    ids = [[i.id for i in open_sources([s])] for s in spellings]
+    assert all(got == ["photos/a.jpg", "photos/sub/b.jpg"] for got in ids), ids
+    monkeypatch.chdir(photos / "sub")  # from inside, with a relative path upwards
+    assert [i.id for i in open_sources([".."])] == ["photos/a.jpg", "photos/sub/b.jpg"]
+    assert [i.id for i in open_sources(["../*.jpg"])] == ["photos/a.jpg"]
+    assert [i.id for i in open_sources(["../a.jpg"])] == ["a.jpg"]

@@ -35,7 +35,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path):
         (folder / f"dup{i}.jpg").write_bytes((folder / f"img{i:03d}.jpg").read_bytes())
     (folder / "zero.jpg").write_bytes(b"")
     (folder / "text.jpg").write_bytes(b"not an image")
-    expected = {str(p) for p in folder.iterdir()}
+    expected = {f"in/{p.name}" for p in folder.iterdir()}  # ids: relative to the input folder
     run_dir = tmp_path / "run"
     command = cli_command(
         sys.executable, "caption", str(folder), "--model", str(model_dir(tmp_path / "m")), "--profile", "inkscope-2b",
@@ -72,7 +72,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path):
     assert summary["run"]["errors_by_reason"] == {"empty file": 1, "not an image": 1}
     records = {r.id: r for r in read_records(str(run_dir))}
     for i in range(4):  # each duplicate has the caption of its original
-        assert records[str(folder / f"dup{i}.jpg")].caption == records[str(folder / f"img{i:03d}.jpg")].caption
+        assert records[f"in/dup{i}.jpg"].caption == records[f"in/img{i:03d}.jpg"].caption
 
 
 def wait_for_activity(run_dir: Path, proc: subprocess.Popen, started: int, limit: float = 20.0) -> None:

@@ -110,7 +110,7 @@ def test_every_bad_input_is_a_record_and_the_run_goes_on(tmp_path):
     assert set(ok) >= {*GOOD, *(p.name for p in PHOTOS), "copy_of_first.jpg", "row-ok", "3.jpg"}
     # the duplicate: the model saw it once, both inputs have the same caption
     assert ok["copy_of_first.jpg"].caption == ok[PHOTOS[0].name].caption
-    assert ok["copy_of_first.jpg"].meta["duplicate_of"] == str(folder / PHOTOS[0].name)
+    assert ok["copy_of_first.jpg"].meta["duplicate_of"] == f"in/{PHOTOS[0].name}"  # ids: relative to the input
     seen = [Path(i).name for i in ScriptedEngine.calls]
     assert seen.count(PHOTOS[0].name) + seen.count("copy_of_first.jpg") == 1
     run = summary["run"]
@@ -151,9 +151,7 @@ def test_rerun_resumes_and_redoes_nothing(tmp_path):
     assert [Path(i).name for i in ScriptedEngine.calls[7:]] == ["new.jpg"]  # the copy comes from the ledger
     assert third["session"]["duplicates_copied"] == 1
     records = by_id(tmp_path / "run")
-    assert (
-        len(records) == 9 and records[str(folder / "same_as_0.jpg")].caption == records[str(folder / "0.jpg")].caption
-    )
+    assert len(records) == 9 and records["in/same_as_0.jpg"].caption == records["in/0.jpg"].caption
     with pytest.raises(RunConflictError, match="decoding"):
         LocalRunner(job([folder], tmp_path / "run", model, decoding={"max_new_tokens": 5})).run()
 
@@ -225,7 +223,7 @@ def test_duplicates_of_an_input_that_fails_in_prepare_get_its_error(tmp_path):
     summary = LocalRunner(job([folder], tmp_path / "run", model, profile="blip2-lora")).run()
     records = by_id(tmp_path / "run")
     assert [r.status for r in records.values()] == ["error", "error"] and summary["run"]["records"] == 2
-    assert records[str(folder / "b.mp4")].meta["duplicate_of"] == str(folder / "a.mp4")
+    assert records[f"{folder.name}/b.mp4"].meta["duplicate_of"] == f"{folder.name}/a.mp4"
     assert ScriptedEngine.calls == []
 
 

@@ -107,3 +107,77 @@ def test_ray_runner_matches_local_resumes_and_writes_parquet(ray_cluster, tiny_m
     # nothing left: a rerun adds and repeats nothing (and needs no cluster work)
     assert main(["caption", a, b, *common, "--run-dir", remote, "--runner", "ray"]) == 0
     assert _records(remote) == got
+
+
+@pytest.mark.slow
+def test_local_and_ray_share_one_configuration_key_and_pixels(ray_cluster, tiny_model, coco_photos, tmp_path):
+    """A profile that downscales photos (`extra["max_image_side"]`): both runners key the run alike and the model
+    sees the same pixels (equal prompt token counts and greedy captions per input)."""
+    import functools
+
+    from capmill.captioner import Captioner
+    from capmill.models.catalog import get_profile
+    from capmill.run.local import CaptionJob, LocalRunner
+    from capmill.run.pipeline import PipelineOptions
+    from capmill.run.ray_runner import RayRunner
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in coco_photos[:3]:
+        shutil.copy(photo, photos / photo.name)
+    profile = get_profile("generic").model_copy(update={"extra": {"max_image_side": 96}, "prompt": "Describe."})
+    make = functools.partial(
+        Captioner, model=str(tiny_model("qwen3_5")), profile=profile, decoding={"max_new_tokens": 5}, batch_size=2
+    )
+
+    def job(run_dir):
+        return CaptionJob(
+            inputs=[str(photos)], make_captioner=make, run_dir=str(run_dir), fmt="parquet", progress=False,
+            pipeline=PipelineOptions(batch_size=2, workers=0), runner_options={"actors": 1},
+        )  # fmt: skip
+
+    LocalRunner(job(tmp_path / "local")).run()
+    RayRunner(job(tmp_path / "ray")).run()
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("local", "ray")]
+    assert manifests[0]["settings_hash"] == manifests[1]["settings_hash"]
+    assert manifests[0]["config"]["image_resize"] == {"max_side": 96, "draft": False}
+    local, remote = _records(str(tmp_path / "local")), _records(str(tmp_path / "ray"))
+    assert [(r["id"], r["tokens"], r["caption"]) for r in local] == [
+        (r["id"], r["tokens"], r["caption"]) for r in remote
+    ]
+    assert all(r["status"] == "ok" for r in local) and len(local) == 3
+
+
+@pytest.mark.slow
+def test_ray_run_stops_when_its_server_is_down(ray_cluster, tiny_model, coco_photos, tmp_path):
+    """The OpenAI-compatible engine pointed at a port where nothing listens: every caption fails retryably, the
+    run stops on its circuit breaker, and what it wrote is marked retryable (the next run redoes it)."""
+    import functools
+    import socket
+
+    from capmill.captioner import Captioner
+    from capmill.errors import EngineUnavailableError
+    from capmill.run.local import CaptionJob
+    from capmill.run.pipeline import PipelineOptions
+    from capmill.run.ray_runner import RayRunner
+
+    with socket.socket() as s:  # a free port, closed again: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in coco_photos:
+        shutil.copy(photo, photos / photo.name)
+    options = {"base_url": f"http://127.0.0.1:{port}/v1", "check_server": False, "max_retries": 0}
+    make = functools.partial(
+        Captioner, model=str(tiny_model("qwen2_vl")), profile="inkscope-2b", engine="openai", engine_options=options
+    )
+    job = CaptionJob(
+        inputs=[str(photos)], make_captioner=make, run_dir=str(tmp_path / "run"), fmt="parquet", progress=False,
+        pipeline=PipelineOptions(batch_size=2, max_consecutive_failures=3), runner_options={"actors": 1},
+    )  # fmt: skip
+    with pytest.raises(EngineUnavailableError, match="3 engine failures in a row"):
+        RayRunner(job).run()
+    records = _records(str(tmp_path / "run"))
+    assert 3 <= len(records) < len(coco_photos)
+    assert all(r["status"] == "error" and r["error_kind"] == "retryable" for r in records)

@@ -87,6 +87,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     o.add_argument("--show-prompt", action="store_true", help="print the rendered prompt of the first input; no model")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    o.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="redo every error record, final ones (bad inputs) too; retryable ones are always redone",
+    )
+    o.add_argument(
+        "--max-consecutive-failures",
+        type=int,
+        default=20,
+        help="stop the run after this many engine failures in a row (server down, out of memory); 0: never "
+        "(default: %(default)s)",
+    )
+    o.add_argument(
+        "--max-error-rate",
+        type=float,
+        help="a finished run whose error records exceed this fraction of its records exits with status 4",
+    )
+    o.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=30.0,
+        help="commit the open shard at least this often, so a crash loses at most this much work "
+        "(default: %(default)s)",
+    )
     q = p.add_argument_group("quality")
     q.add_argument(
         "--gate",
@@ -260,6 +284,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--sidecar-captions is for --recipe runs with a prompt set (many captions per image)")
     if args.show_prompt:
         return show_prompt(args)
+    from capmill.run.stopping import interrupted_message, stop_on_signals
+
+    with stop_on_signals():  # SIGTERM stops the run as Ctrl-C does: what finished is committed
+        try:
+            return _run(args)
+        except KeyboardInterrupt as exc:  # before the run folder was opened: nothing to save
+            where = args.run_dir or (f"{args.out}.capmill" if args.out else "the run folder")
+            message, code = interrupted_message(exc, where, 0, None)
+            print(f"capmill caption: {message}", file=sys.stderr)
+            return code
+
+
+def _run(args: argparse.Namespace) -> int:
     from capmill.data.fetch import FetchOptions
     from capmill.data.images import DEFAULT_MAX_PIXELS, DecodeOptions
     from capmill.data.sources import SourceOptions
@@ -269,6 +306,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
+    if args.max_error_rate is not None and not 0 <= args.max_error_rate <= 1:
+        raise ConfigError("--max-error-rate is a fraction between 0 and 1")
+    if args.max_consecutive_failures < 0 or args.commit_seconds <= 0:
+        raise ConfigError("--max-consecutive-failures must be 0 or more and --commit-seconds more than 0")
     kinds = tuple(k.strip() for k in args.sidecar_kinds.split(",") if k.strip())
     if not kinds or set(kinds) - {"txt", "json", "tags"}:
         raise ConfigError("--sidecar-kinds takes txt, json, tags or a comma-separated mix")
@@ -310,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size * n_devices,  # a full batch for every device
             workers=workers,
             fetch_threads=max(0, args.download_threads),
+            max_consecutive_failures=args.max_consecutive_failures,
             decode=DecodeOptions(
                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, resize_max_side=args.resize_max_side, draft=args.draft
             ),
@@ -320,14 +362,23 @@ def run(args: argparse.Namespace) -> int:
         out_file=out_file,
         sidecar={"kinds": kinds, "overwrite": args.overwrite_sidecars},
         progress=False if args.quiet else None,
+        retry_errors=args.retry_errors,
+        max_error_rate=args.max_error_rate,
+        commit_seconds=args.commit_seconds,
         runner_options={
             k: v
             for k, v in (("address", getattr(args, "address", None)), ("actors", getattr(args, "actors", None)))
             if v
         },
     )
+    from capmill.errors import RunInterrupted
+
     try:
-        summary = runner_cls(job).run()
+        try:
+            summary = runner_cls(job).run()
+        except RunInterrupted as exc:
+            print(f"capmill caption: {exc}", file=sys.stderr)
+            return exc.exit_code
         if getattr(args, "gate", None) or getattr(args, "budget", None):
             from capmill.quality.gated import add_gate_summary
 

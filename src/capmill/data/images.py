@@ -1,6 +1,10 @@
 """Decode image bytes into an upright RGB PIL image, or raise InputError naming the input and the problem.
 
 Runs in the pipeline's decode worker processes; everything here is plain PIL and numpy, no torch.
+
+Version-sensitive: `_open` opens an image through Pillow's plugin registry (`Image.ID`, `Image.OPEN`, the
+`preinit`/`init` loaders, as `Image.open` does) so that our own per-call pixel limit replaces Pillow's
+process-wide `Image.MAX_IMAGE_PIXELS`, which is never changed; checked against Pillow 11 to 13.
 """
 
 from __future__ import annotations
@@ -8,8 +12,6 @@ from __future__ import annotations
 import io
 import re
 import struct
-import threading
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +20,6 @@ from capmill.errors import InputError
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
 DEFAULT_MAX_SIDE = 32_768  # no captioner resizes sensibly from a side longer than this
 DEFAULT_MAX_ASPECT = 200.0  # Qwen-VL processors refuse more than 200:1
-
-_PIL_LIMIT = threading.Lock()  # PIL's pixel limit is process-global: threads swap it one at a time
 
 # Format names PIL reports -> the file extension trainers expect.
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpg"}
@@ -56,15 +56,7 @@ def decode_with_format(data: bytes | None, source: str, options: DecodeOptions) 
     if not data:
         raise InputError(source, "empty file", "0 bytes")
     try:
-        with _PIL_LIMIT, warnings.catch_warnings():
-            # our own pixel limit below replaces PIL's global one, which cannot be set per call
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                img = Image.open(io.BytesIO(data))
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+        img = _open(data)
         with img:
             fmt = FORMAT_EXT.get(img.format or "", (img.format or "").lower() or None)
             _check_size(img.width, img.height, source, options)
@@ -88,6 +80,30 @@ def decode_with_format(data: bytes | None, source: str, options: DecodeOptions) 
     if options.resize_max_side and max(out.size) > options.resize_max_side:
         out = out.resize(_target_size(out.width, out.height, options.resize_max_side), Image.Resampling.BICUBIC)
     return out, fmt
+
+
+def _open(data: bytes) -> Any:
+    """`Image.open` without Pillow's global decompression-bomb check (ours, per call, follows in `_check_size`):
+    the first registered format that accepts the header and parses it."""
+    from PIL import Image, UnidentifiedImageError
+
+    fp = io.BytesIO(data)
+    prefix = fp.read(16)
+    tried: set[str] = set()
+    for loader in (Image.preinit, Image.init):
+        loader()
+        for fmt in [f for f in Image.ID if f not in tried]:
+            tried.add(fmt)
+            factory, accept = Image.OPEN[fmt]
+            accepted = not accept or accept(prefix)
+            if not accepted or isinstance(accepted, str):
+                continue
+            fp.seek(0)
+            try:
+                return factory(fp, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue  # not this format after all (Image.open goes on to the next one too)
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 def _check_size(width: int, height: int, source: str, options: DecodeOptions) -> None:

@@ -20,6 +20,12 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Options that do not change outputs, left out of a run's identity (its resume key); every other option the
+    # user sets is part of it. Where the model runs (device), how many threads and the batch size only move
+    # floating point within rounding, as batching does; `--exact` is the guarantee where that matters. An engine
+    # extends this set: `identity_exempt = EngineOptions.identity_exempt | {"timeout"}`.
+    identity_exempt: ClassVar[frozenset[str]] = frozenset({"device", "max_batch_size", "threads"})
+
     @classmethod
     def checked(cls, engine: str, options: EngineOptions | dict[str, Any] | None) -> EngineOptions:
         """The options validated; EngineOptionError naming the key, the problem and every key this engine accepts."""

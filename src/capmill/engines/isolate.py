@@ -13,9 +13,26 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# Exceptions that say the input itself is unusable (a processor refusing an image, a bad prompt): final errors.
+# Anything else (out of memory, a crashed engine, a lost connection, a timeout) may pass: retryable.
+_FINAL = (ValueError, TypeError, KeyError, IndexError, UnicodeError)
+
+
 def failed(exc: BaseException) -> Generation:
-    """The Generation of an item whose own generation raised."""
-    return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
+    """The Generation of an item whose own generation raised, with whether a later attempt may succeed."""
+    return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}", retryable=is_retryable(exc))
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Out of memory, an engine crash, a network failure: retryable; the input's own fault: final."""
+    from capmill.errors import InputError
+
+    if isinstance(exc, InputError):
+        return exc.retryable
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return not isinstance(exc, _FINAL)
 
 
 def run_isolating(

@@ -23,6 +23,7 @@ from capmill.engines.openai_messages import response_format, sampling_fields, to
 from capmill.errors import ConfigError, EngineError
 from capmill.records import Generation, Request
 
+INPUT_STATUSES = frozenset({400, 413, 414, 415, 422})  # the request (the input) is at fault, not the server
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 
 
@@ -164,7 +165,7 @@ class OpenAIEngine(Engine):
         try:
             body = self.payload(request)
         except Exception as exc:  # noqa: BLE001 - an unusable input is this item's error
-            return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")
+            return Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}", retryable=False)
         stops = list(request.decoding.stop)
         async with slots:  # held through the backoff too: an overloaded server gets fewer requests, not more
             generation = await self._post(client, body, stops)
@@ -193,10 +194,18 @@ class OpenAIEngine(Engine):
                     try:
                         return _generation(resp.json(), stops, attempt)
                     except (ValueError, KeyError, IndexError, TypeError) as exc:
-                        return Generation(text="", finish_reason="error", error=f"malformed response: {exc!r}")
+                        return Generation(
+                            text="", finish_reason="error", error=f"malformed response: {exc!r}", retryable=True
+                        )
                 error = f"HTTP {resp.status_code}: {_error_text(resp)}"
-                if resp.status_code not in RETRY_STATUSES:
-                    return Generation(text="", finish_reason="error", error=error, timings={"retries": attempt})
+                if resp.status_code not in RETRY_STATUSES:  # final when the server refuses this input itself
+                    return Generation(
+                        text="",
+                        finish_reason="error",
+                        error=error,
+                        timings={"retries": attempt},
+                        retryable=resp.status_code not in INPUT_STATUSES,
+                    )
                 retry_after = _retry_after(resp.headers.get("retry-after"))
             if attempt < opts.max_retries:
                 await asyncio.sleep(self.backoff(attempt, retry_after))
@@ -205,6 +214,7 @@ class OpenAIEngine(Engine):
             finish_reason="error",
             error=f"gave up after {opts.max_retries + 1} attempts: {error}",
             timings={"retries": opts.max_retries},
+            retryable=True,  # the server is down or overloaded: a later run retries this input
         )
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:

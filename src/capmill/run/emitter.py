@@ -44,6 +44,8 @@ class RecordEmitter:
         """A duplicate input: its original's record now, or as soon as the original is written."""
         key = item.content_hash
         original = self.recent.get(key) or self.out.find_record(self.out.key_for(key), include_errors=True)
+        if original is not None and original.error_kind == "retryable" and key not in self.recent:
+            original = None  # an earlier session's failure: the original is being retried now, wait for it
         if original is None:
             self.waiting.setdefault(key, []).append(item)  # its original is still in the model
         else:
@@ -55,18 +57,25 @@ class RecordEmitter:
 
 
 def unfinished(source: Iterable[Item], out: Any, stats: Stats) -> Iterator[Item]:
-    """The source's items that still need a record: each id once, none the run folder already holds."""
-    seen: set[str] = set()
+    """The source's items that still need a record: each id once (the ledger's on-disk index of ids read this
+    session, so memory does not grow with the inputs), none the run folder holds as done."""
     for item in source:
         stats.seen += 1
-        if item.id in seen:
+        if not out.ledger.first_sight(item.id):
             stats.duplicate_ids += 1
             continue
-        seen.add(item.id)
         if out.is_done(item.id):
             stats.skipped_done += 1
             continue
         yield item
+
+
+def error_record(captioner: Any, item: Item, error: Exception) -> Record:
+    """The record of an input that could not be read, with its kind: retryable (a download that may work later)
+    or final (the input is bad)."""
+    record = captioner.error_record(item, str(error))
+    record.error_kind = "retryable" if getattr(error, "retryable", False) else "final"
+    return record
 
 
 def copy_for(item: Item, original: Record) -> Record:

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from capmill.data.fetch import FetchOptions
 from capmill.data.images import DecodeOptions
-from capmill.errors import InputError
+from capmill.errors import EngineUnavailableError, InputError
 from capmill.records import Generation, Item, Record, Request
-from capmill.run.emitter import RecordEmitter, unfinished
+from capmill.run.emitter import RecordEmitter, error_record, unfinished
 from capmill.run.runfolder import RunFolder
 from capmill.run.stats import Stats
 from capmill.run.workers import Loaded, done_future, load_and_prepare, make_pool
@@ -49,6 +49,7 @@ class PipelineOptions:
     fetch: FetchOptions = field(default_factory=FetchOptions)
     group_batches: int = 8  # requests of this many batches go to the engine together (it groups them by length)
     recent_records: int = 256  # records kept for duplicates that arrive soon after their original
+    max_consecutive_failures: int = 20  # retryable engine failures in a row that stop the run (0: never)
 
 
 class _Stopped(Exception):
@@ -75,13 +76,14 @@ class Pipeline:
         prefetch = self.options.prefetch or max(8, 4 * self.options.batch_size, 2 * self.options.fetch_threads)
         self._loaded: queue.Queue = queue.Queue(maxsize=prefetch)
         self._batches: queue.Queue = queue.Queue(maxsize=1)  # one window ready while the engine runs another
-        self._records: queue.Queue = queue.Queue(maxsize=4 * self.options.batch_size + 16)
+        self._records: queue.Queue = queue.Queue(maxsize=16)  # messages: a generated window, or one input
         self._stop = threading.Event()  # everything stops
         self._halt_inputs = threading.Event()  # reading and batching stop; the writer finishes what is generated
         self._errors: list[BaseException] = []
-        # deduplication: keys sent to the model this session; the emitter holds followers waiting for their
-        # original, and keeps every finished original of the open (uncommitted) shard findable
-        self._sent: set[str] = set()
+        # deduplication: keys sent to the model this session are claimed in the ledger's on-disk session index;
+        # the emitter holds followers waiting for their original, and keeps every finished original of the open
+        # (uncommitted) shard findable
+        self._failures = 0  # retryable engine failures in a row (the circuit breaker)
         self.emitter = RecordEmitter(
             out, self.stats, self.on_progress, max(self.options.recent_records, out.shard_size + 1)
         )
@@ -107,13 +109,15 @@ class Pipeline:
             except queue.Full:
                 continue
 
-    def _get(self, q: queue.Queue, inputs: bool = False) -> Any:
+    def _get(self, q: queue.Queue, inputs: bool = False, idle: Callable[[], None] | None = None) -> Any:
         while True:
             if self._stop.is_set() or (inputs and self._halt_inputs.is_set()):
                 raise _Stopped
             try:
                 return q.get(timeout=0.1)
             except queue.Empty:
+                if idle is not None:
+                    idle()
                 continue
 
     def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
@@ -200,11 +204,11 @@ class Pipeline:
                 self._put(self._records, ("error", item, error, False), inputs=True)
                 continue
             key = item.content_hash
-            if key in self._sent or self.out.ledger.find_key(self.out.key_for(key)) is not None:
+            full_key = self.out.key_for(key)
+            if self.out.ledger.find_key(full_key) is not None or not self.out.ledger.claim(full_key):
                 self.stats.duplicates += 1
                 self._put(self._records, ("copy", item, None), inputs=True)
                 continue
-            self._sent.add(key)
             self._take_turn()
             request, error, seconds = self._request(loaded)
             self.stats.add_time("preprocess", seconds)
@@ -274,14 +278,37 @@ class Pipeline:
             for generation in generations:
                 self._account(generation)
             self._put(self._records, ("generated", batch, generations))
+            self._check_failures(generations)
         self._put(self._records, _END)
+
+    def _check_failures(self, generations: list[Generation]) -> None:
+        """The circuit breaker: stop after `max_consecutive_failures` retryable engine failures in a row, rather
+        than turn the rest of the dataset into error records (a server down, a GPU out of memory)."""
+        limit = self.options.max_consecutive_failures
+        last = None
+        for generation in generations:
+            if generation.error and generation.retryable is not False:
+                self._failures += 1
+                last = generation.error
+            elif not generation.error:
+                self._failures = 0
+        if limit and self._failures >= limit:
+            raise EngineUnavailableError(
+                f"stopped after {self._failures} engine failures in a row (last: {last}); every finished record is "
+                "saved, and the failed inputs are marked retryable: fix the engine (is the server up? memory?) and "
+                "run the same command again to resume"
+            )
 
     def _load_engine(self) -> None:
         """Load the weights when the first batch is ready: a resumed run with nothing left loads nothing."""
         if isinstance(getattr(type(self.captioner), "engine", None), property):
             start = time.perf_counter()
+            self.stats.phase = "loading model"
+            self.on_progress(self.stats)
             _ = self.captioner.engine  # type: ignore[attr-defined]
             self.stats.add_time("load", time.perf_counter() - start)
+        self.stats.phase = "captioning"
+        self.on_progress(self.stats)
 
     def _account(self, generation: Generation) -> None:
         t = generation.timings
@@ -302,7 +329,7 @@ class Pipeline:
     def _write(self) -> None:
         """Parse, copy records to duplicates, and hand everything to the run folder."""
         while True:
-            message = self._get(self._records)
+            message = self._get(self._records, idle=self.out.commit_if_due)  # waiting: commit on the time bound
             if message is _ABORT:
                 return  # the model failed: what it produced is written; duplicates still waiting are redone later
             if message is _END:
@@ -315,9 +342,11 @@ class Pipeline:
                     self.stats.add_time("parse", time.perf_counter() - start)
                     self.emitter.emit(item, record, _generation_reason(record, generation))
                     self.emitter.remember(item.content_hash, record)
+                self.stats.batches += 1
+                self.on_progress(self.stats)
             elif kind == "error":
                 item, error, original = message[1], message[2], message[3]
-                record = self.captioner.error_record(item, str(error))
+                record = error_record(self.captioner, item, error)
                 self.emitter.emit(item, record, getattr(error, "reason", None) or "error")
                 if original:
                     self.emitter.remember(item.content_hash, record)

@@ -1,4 +1,8 @@
-"""Progress: a rich live display on a terminal, plain log lines otherwise (files, CI, pipes)."""
+"""Progress: a rich live display on a terminal (tmux included), plain log lines otherwise (files, CI, pipes).
+
+Both show images done (of the total, when the sources can count it), images/s, tokens/s, errors and the ETA.
+A plain line is printed after every engine batch (at most one a second) and at least every `interval` seconds.
+"""
 
 from __future__ import annotations
 
@@ -33,38 +37,55 @@ def line(stats: Stats) -> str:
     total = "?" if d["total"] is None else d["total"]
     return (
         f"capmill: {d['done']}/{total} done ({stats.skipped_done} resumed, {d['errors']} errors) "
-        f"{d['images_per_s']:.2f} img/s {d['tokens_per_s']:.1f} tok/s ETA {_eta(d['eta'])}"
+        f"{d['images_per_s']:.2f} img/s {d['tokens_per_s']:.1f} tok/s ETA {_eta(d['eta'])} "
+        f"[{stats.phase}, {stats.batches} engine calls]"
     )
 
 
 class Progress:
     """Call `update(stats)` as often as you like; output is rate-limited. `close()` prints the final state."""
 
-    def __init__(self, stream: TextIO | None = None, *, rich: bool | None = None, interval: float = 10.0):
+    def __init__(
+        self, stream: TextIO | None = None, *, rich: bool | None = None, interval: float = 10.0, min_gap: float = 1.0
+    ):
         self.stream = stream or sys.stderr
         self.rich = self.stream.isatty() if rich is None else rich
-        self.interval = interval
+        self.interval, self.min_gap = interval, min_gap
         self._last = 0.0
+        self._last_batches = -1
+        self._last_phase = ""
         self._lock = threading.Lock()
         self._live: Any = None
         self._task: Any = None
 
     def _start_rich(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._live = Progress(
-            TextColumn("[bold]capmill"),
+            SpinnerColumn(),  # the display moves while the model works on a batch
+            TextColumn("[bold]capmill[/] {task.fields[phase]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[speed]}"),
             TextColumn("[red]{task.fields[errors]} errors"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
             TimeRemainingColumn(),
             console=Console(file=self.stream),
             transient=False,
+            refresh_per_second=4,
         )
         self._live.start()
-        self._task = self._live.add_task("caption", total=None, speed="", errors=0)
+        self._task = self._live.add_task("caption", total=None, speed="", errors=0, phase="")
 
     def update(self, stats: Stats, force: bool = False) -> None:
         now = time.monotonic()
@@ -72,15 +93,22 @@ class Progress:
             if self.rich:
                 if self._live is None:
                     self._start_rich()
-                if force or now - self._last >= 0.2:
-                    self._last = now
+                if force or now - self._last >= 0.2 or stats.phase != self._last_phase:
+                    self._last, self._last_phase = now, stats.phase
                     d = describe(stats)
                     speed = f"{d['images_per_s']:.2f} img/s {d['tokens_per_s']:.1f} tok/s"
                     self._live.update(
-                        self._task, completed=d["done"], total=d["total"], speed=speed, errors=d["errors"]
+                        self._task,
+                        completed=d["done"],
+                        total=d["total"],
+                        speed=speed,
+                        errors=d["errors"],
+                        phase=stats.phase,
                     )
-            elif force or now - self._last >= self.interval:
-                self._last = now
+                return
+            moved = stats.batches != self._last_batches or stats.phase != self._last_phase
+            if force or now - self._last >= self.interval or (moved and now - self._last >= self.min_gap):
+                self._last, self._last_batches, self._last_phase = now, stats.batches, stats.phase
                 print(line(stats), file=self.stream, flush=True)
 
     def close(self, stats: Stats) -> None:

@@ -1,27 +1,30 @@
 """The Ray Data runner (`--runner ray [--address A]`): the local runner's rules, with reading and models on a cluster.
 
 Flow: the driver lists the inputs with capmill's sources (so ids, order and per-input errors are the local
-runner's), skipping ids the ledger has; a Ray Dataset of those items is read (bytes fetched and hashed) by
-Ray Data map tasks, then captioned by a pool of actors (one per GPU, or N CPU actors), each holding one
-Captioner; records stream back to the driver, the only writer, which puts them in the same RunFolder as
-the local runner (shards renamed when complete, then the ledger). Identical images are captioned once:
-actors claim content hashes at a small registry actor preloaded with the ledger's keys, and the driver
-gives every copy its record. See docs/scale-out.md.
+runner's), skipping ids the ledger holds as done, into Parquet files on disk (`.listing/` in the run folder,
+removed at the end), so the listing streams to the cluster and the driver keeps nothing per input; Ray Data
+reads them (bytes fetched and hashed in map tasks), then a pool of actors (one per GPU, or N CPU actors),
+each holding one Captioner, captions them; records stream back to the driver, the only writer, which puts
+them in the same RunFolder as the local runner (shards renamed when complete, then the ledger). The run
+configuration and image options come from the local runner's `open_run_folder`, so both runners give the
+same key and the same pixels. Identical images are captioned once: actors claim content hashes at a registry
+actor on the driver's node, which looks them up in the ledger and keeps its claims in SQLite on disk; the
+driver gives every copy its record. See docs/scale-out.md.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
+import shutil
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from capmill.errors import ConfigError, MissingDependencyError
+from capmill.errors import ConfigError, EngineUnavailableError, MissingDependencyError
 from capmill.records import Item, Record
-from capmill.run.emitter import RecordEmitter, unfinished  # the local runner's, so both runners write the same records
+from capmill.run.emitter import RecordEmitter, error_record, unfinished  # the local runner's: the same records
 from capmill.run.ray_tasks import CaptionWorker, item_schema, read_batch, registry_class, row_of
 from capmill.run.stats import Stats
 
@@ -37,6 +40,7 @@ class RayOptions(BaseModel):
     actor_gpus: float | None = Field(None, ge=0)  # GPUs each actor claims (default 1 when the cluster has GPUs)
     read_cpus: float = Field(0.5, gt=0)  # CPUs per read task: fractional so reads always find room
     block_rows: int = Field(64, ge=1)  # items per block of the input dataset
+    listing_rows: int = Field(4096, ge=1)  # items per listing file written by the driver
 
 
 class RayRunner:
@@ -50,8 +54,9 @@ class RayRunner:
 
     def run(self) -> dict[str, Any]:
         from capmill.data.sources import open_sources
+        from capmill.errors import ErrorRateError
+        from capmill.run.local import announce, error_rate_verdict, open_run_folder
         from capmill.run.progress import Progress
-        from capmill.run.runfolder import RunFolder
         from capmill.run.summary import build_summary, write_summary
 
         job = self.job
@@ -62,22 +67,22 @@ class RayRunner:
         captioner = job.make_captioner()  # the driver's copy: settings and error records, never weights
         out = None
         progress = Progress(rich=None) if job.progress is not False else None
-        completed, failure = False, None
+        completed, failure, verdict = False, None, None
+        listing = os.path.join(job.run_dir, ".listing")
         try:
-            config = dict(captioner.settings())
-            config.setdefault("mode", job.pipeline.mode or getattr(captioner, "mode", None))
-            out = RunFolder(
-                job.run_dir, config, fmt=job.fmt, shard_size=job.shard_size, sources=source.describe(),
-                sidecar=job.sidecar,
-            )  # fmt: skip
+            out, options = open_run_folder(captioner, job, source)  # the local runner's configuration
+            announce(out, progress)
             writer = _Writer(captioner, out, stats, progress.update if progress else None)
-            rows = writer.list_items(source)
+            writer.max_failures = getattr(job.pipeline, "max_consecutive_failures", 0)
+            shutil.rmtree(listing, ignore_errors=True)
+            listed = writer.list_items(source, listing, self.options.listing_rows)
             stats.total = stats.seen
-            if rows:
+            if listed:
                 started_here = _connect(ray, self.options.address)
                 try:
                     stats.times["load"] = time.perf_counter() - start
-                    self._caption(ray, rows, out, writer)
+                    stats.phase = "captioning"
+                    self._caption(ray, listing, out, writer, options)
                 finally:
                     if started_here:
                         ray.shutdown()
@@ -87,6 +92,7 @@ class RayRunner:
             if job.out_file:
                 out.export_single_file(job.out_file)
             completed = True
+            verdict = error_rate_verdict(out, getattr(job, "max_error_rate", None))
         except BaseException as exc:
             failure = f"{type(exc).__name__}: {exc}"
             if out is not None:
@@ -97,22 +103,26 @@ class RayRunner:
                 progress.close(stats)
             summary = build_summary(stats, out, completed, failure)
             summary["session"]["runner"] = "ray"
+            if verdict:
+                summary["failed"] = verdict
             if out is not None:
                 write_summary(os.path.join(job.run_dir, "summary.json"), summary)
                 out.release()
+            shutil.rmtree(listing, ignore_errors=True)
+        if verdict:
+            raise ErrorRateError(verdict)
         return summary
 
-    def _caption(self, ray: Any, rows: list[dict[str, Any]], out: Any, writer: _Writer) -> None:
-        import pyarrow as pa
+    def _caption(self, ray: Any, listing: str, out: Any, writer: _Writer, options: Any) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         job, opts = self.job, self.options
         actors, actor_cpus, actor_gpus = _pool_shape(ray.cluster_resources(), opts)
-        registry = registry_class(ray).remote(_done_hashes(out))
+        # on the driver's node, where the ledger is: it answers "done before?" from there
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        registry = registry_class(ray).options(scheduling_strategy=here).remote(out.ledger.path, out.settings_hash)
         batch = max(1, job.pipeline.batch_size)
-        blocks = max(1, -(-len(rows) // opts.block_rows))
-        table = pa.Table.from_pylist(rows, schema=item_schema())
-        size = -(-len(rows) // blocks)
-        ds = ray.data.from_arrow([table.slice(k, size) for k in range(0, len(rows), size)])
+        ds = ray.data.read_parquet(listing, schema=item_schema())
         ds = ds.map_batches(
             read_batch,
             fn_kwargs={"fetch": job.pipeline.fetch},
@@ -124,9 +134,9 @@ class RayRunner:
             CaptionWorker,
             fn_constructor_kwargs={
                 "make_captioner": job.make_captioner,
-                "mode": job.pipeline.mode,
-                "decode": job.pipeline.decode,
-                "fetch": job.pipeline.fetch,
+                "mode": options.mode,
+                "decode": options.decode,  # with a profile's own downscaling, as the local runner's
+                "fetch": options.fetch,
                 "registry": registry,
                 "wants_media": out.wants_media,
                 "threads": max(1, int(actor_cpus)),
@@ -148,27 +158,47 @@ class _Writer:
     def __init__(self, captioner: Any, out: Any, stats: Stats, on_progress: Any):
         self.captioner, self.out, self.stats = captioner, out, stats
         self.on_progress = on_progress or (lambda stats: None)
-        self.items: dict[int, Item] = {}  # listed items by row number, until their record is written
+        self.listed = self.returned = 0
+        self.max_failures, self.failures = 0, 0  # the circuit breaker, as the local pipeline's
         self.emitter = RecordEmitter(out, stats, self.on_progress, max(256, out.shard_size + 1))
 
-    def list_items(self, source: Any) -> list[dict[str, Any]]:
-        """Rows for the dataset; what is done is skipped and inputs the source could not read are written now."""
+    def list_items(self, source: Any, folder: str, rows_per_file: int) -> int:
+        """Parquet files of rows for the dataset (memory: one file's rows); what is done is skipped, and inputs
+        the source could not read are written now. Returns how many rows were listed."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         from capmill.run.workers import item_error
 
+        os.makedirs(folder, exist_ok=True)
         rows: list[dict[str, Any]] = []
+        files = 0
+
+        def flush() -> None:
+            nonlocal rows, files
+            if rows:
+                pq.write_table(
+                    pa.Table.from_pylist(rows, schema=item_schema()), os.path.join(folder, f"{files:06d}.parquet")
+                )
+                files += 1
+                rows = []
+
         for item in unfinished(source, self.out, self.stats):
             error = item_error(item)
             if error is not None:
-                self.emitter.emit(item, self.captioner.error_record(item, str(error)), error.reason or "error")
+                self.emitter.emit(item, error_record(self.captioner, item, error), error.reason or "error")
                 continue
-            i = len(self.items)
-            self.items[i] = item
-            rows.append(row_of(i, item))
-        return rows
+            rows.append(row_of(self.listed, item))
+            self.listed += 1
+            if len(rows) >= rows_per_file:
+                flush()
+        flush()
+        return self.listed
 
     def take(self, row: dict[str, Any]) -> None:
         """One row back from the actors: a record to write, or a copy of another input's record."""
-        item = self.items.pop(row["i"])
+        self.returned += 1
+        item = Item(id=row["id"], source=row["source"], kind=row["item_kind"])
         item.meta = json.loads(row["meta"]) if row["meta"] else {}
         if row["hash"]:
             item._hash = row["hash"]
@@ -188,10 +218,27 @@ class _Writer:
         self.emitter.emit(item, record, row["reason"], row["media"])
         if row["hash"] and row["original"]:
             self.emitter.remember(row["hash"], record)
+        if row["kind"] == "generated":
+            self._check_failures(record)
+
+    def _check_failures(self, record: Record) -> None:
+        """Stop after `max_failures` retryable engine failures in a row (a server down, out of memory)."""
+        if record.status != "error":
+            self.failures = 0
+            return
+        if record.error_kind != "retryable":
+            return
+        self.failures += 1
+        if self.max_failures and self.failures >= self.max_failures:
+            raise EngineUnavailableError(
+                f"stopped after {self.failures} engine failures in a row (last: {record.error}); every finished "
+                "record is saved, and the failed inputs are marked retryable: fix the engine and run the same "
+                "command again to resume"
+            )
 
     def finish(self) -> None:
-        if self.items:
-            raise RuntimeError(f"{len(self.items)} inputs came back from the cluster without a record")
+        if self.returned != self.listed:
+            raise RuntimeError(f"{self.listed - self.returned} inputs came back from the cluster without a record")
         self.emitter.check_done()
 
 
@@ -215,17 +262,6 @@ def _pool_shape(resources: dict[str, float], opts: RayOptions) -> tuple[int, flo
     if actor_gpus and actors * actor_gpus > gpus:
         raise ConfigError(f"{actors} actor(s) x {actor_gpus} GPU asked for, but the cluster has {gpus} GPU(s)")
     return actors, actor_cpus, actor_gpus
-
-
-def _done_hashes(out: Any) -> list[str]:
-    """Content hashes with a usable (non-error) record in the ledger: their copies need no model."""
-    suffix = f":{out.settings_hash}"
-    db = sqlite3.connect(f"file:{out.ledger.path}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT DISTINCT key FROM items WHERE status != 'error'").fetchall()
-    finally:
-        db.close()
-    return [key[: -len(suffix)] for (key,) in rows if key.endswith(suffix)]
 
 
 def _connect(ray: Any, address: str | None) -> bool:

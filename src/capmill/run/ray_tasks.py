@@ -33,19 +33,22 @@ class CaptionWorker:
         import ray
 
         from capmill.errors import InputError
+        from capmill.run.emitter import error_record
         from capmill.run.workers import load_item
 
         out: list[dict[str, Any]] = []
         ready: list[tuple[dict[str, Any], Item]] = []
         for row in batch.to_pylist():
             item = _item_of(row)
-            if row["error"] is not None:
-                record = self.captioner.error_record(item, row["error"])
+            if row["error"] is not None:  # the read stage could not fetch it
+                error = InputError(item.source, row["reason"] or "error")
+                record = error_record(self.captioner, item, error)
+                record.error = row["error"]
                 out.append(_out_row(row, item, "error", record, row["reason"] or "error", media=self._media(item)))
                 continue
             item, error, seconds = load_item(item, self.decode, self.fetch)  # decode, exactly as the local workers
             if error is not None:
-                record = self.captioner.error_record(item, str(error))
+                record = error_record(self.captioner, item, error)
                 out.append(_out_row(row, item, "error", record, error.reason or "error", media=self._media(item)))
                 continue
             ready.append((row, item))
@@ -60,7 +63,7 @@ class CaptionWorker:
             try:
                 request = self.captioner.prepare(item, self.mode)
             except InputError as exc:
-                record = self.captioner.error_record(item, str(exc))
+                record = error_record(self.captioner, item, exc)
                 out.append(_out_row(row, item, "error", record, exc.reason or "error", original=True))
                 continue
             item.image = None
@@ -110,15 +113,33 @@ def read_batch(batch: Any, fetch: Any) -> Any:
 def registry_class(ray: Any) -> Any:
     @ray.remote(num_cpus=0)
     class ClaimRegistry:
-        """Which content hashes are being (or were) captioned: the first input to claim one is its original."""
+        """Which content hashes are being (or were) captioned: the first input to claim one is its original.
 
-        def __init__(self, done: list[str]):
-            self.owner: dict[str, str | None] = dict.fromkeys(done)  # None: done in an earlier session
+        Runs on the driver's node: a hash with a usable record in the run's ledger is done already (its inputs
+        are copies); claims of this session are kept in a SQLite file, so memory does not grow with inputs."""
+
+        def __init__(self, ledger_path: str, settings_hash: str):
+            import sqlite3
+            import tempfile
+
+            self.suffix = f":{settings_hash}"
+            self.ledger = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+            self.tmp = tempfile.NamedTemporaryFile(suffix=".sqlite")  # noqa: SIM115 - lives as long as the actor
+            self.db = sqlite3.connect(self.tmp.name, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=OFF")
+            self.db.execute("CREATE TABLE claims (hash TEXT PRIMARY KEY, owner TEXT) WITHOUT ROWID")
 
         def claim(self, pairs: list[tuple[str, str]]) -> list[bool]:
             answers = []
             for content_hash, item_id in pairs:
-                owner = self.owner.setdefault(content_hash, item_id)
+                done = self.ledger.execute(
+                    "SELECT 1 FROM items WHERE key = ? AND status != 'error' LIMIT 1", (content_hash + self.suffix,)
+                ).fetchone()
+                if done:
+                    answers.append(False)
+                    continue
+                self.db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)", (content_hash, item_id))
+                owner = self.db.execute("SELECT owner FROM claims WHERE hash = ?", (content_hash,)).fetchone()[0]
                 answers.append(owner == item_id)  # the same item asking again (a retried task) keeps its claim
             return answers
 
@@ -155,6 +176,9 @@ def _item_of(row: dict[str, Any]) -> Item:
 def _out_row(row, item, kind, record, reason, media=None, original=False, times=None) -> dict[str, Any]:  # noqa: ANN001
     return {
         "i": row["i"],
+        "id": item.id,
+        "source": item.source,
+        "item_kind": item.kind,
         "kind": kind,
         "record": json.dumps(record.to_dict(), ensure_ascii=False, default=str) if record is not None else None,
         "reason": reason,
@@ -191,6 +215,9 @@ def _out_schema() -> Any:
     return pa.schema(
         [
             ("i", pa.int64()),
+            ("id", pa.string()),
+            ("source", pa.string()),
+            ("item_kind", pa.string()),
             ("kind", pa.string()),
             ("record", pa.string()),
             ("reason", pa.string()),

@@ -11,9 +11,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
+import shlex
+import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,9 @@ from capmill.data.sinks import SINKS, Sink
 from capmill.errors import ConfigError, RunConflictError
 from capmill.records import Record, stable_hash
 from capmill.run.ledger import Entry, Ledger
+from capmill.run.shards import SHARD_NAME, read_records, read_shard, read_shard_row
+
+__all__ = ["FORMATS", "SHARD_NAME", "RunFolder", "read_records", "read_shard", "read_shard_row", "write_json_atomic"]
 
 # --format -> (shard sink, shard extension, per-shard export, final export)
 FORMATS: dict[str, tuple[str, str, str | None, str | None]] = {
@@ -31,7 +34,6 @@ FORMATS: dict[str, tuple[str, str, str | None, str | None]] = {
     "sidecar": ("jsonl", ".jsonl", "sidecar", None),
     "hf": ("parquet", ".parquet", None, "hf"),
 }
-SHARD_NAME = re.compile(r"^part-(\d{5,})\.(jsonl|parquet|tar)$")
 
 
 def _fsync_path(path: str) -> None:
@@ -59,6 +61,7 @@ class _Pending:
     sink: Sink
     entries: list[Entry] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)  # kept only when a per-shard export needs them
+    opened: float = field(default_factory=time.monotonic)
 
 
 class RunFolder:
@@ -73,12 +76,18 @@ class RunFolder:
         shard_size: int = 1000,
         sources: Any = None,
         sidecar: dict[str, Any] | None = None,
+        retry_errors: bool = False,
+        commit_seconds: float = 30.0,
+        versions: dict[str, str | None] | None = None,
     ):
         if fmt not in FORMATS:
             raise ConfigError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
         if shard_size < 1:
             raise ConfigError("--shard-size must be at least 1")
         self.path, self.fmt, self.shard_size = path, fmt, shard_size
+        self.commit_seconds = commit_seconds  # the open shard is committed at least this often
+        self.notices: list[str] = []  # things the user should know (a library version changed since the last run)
+        self._write_lock = threading.RLock()  # add / commit from the writer and from a stopping run never overlap
         self.sink_name, self.ext, self.shard_export, self.final_export = FORMATS[fmt]
         self.config = {**config, "format": fmt}
         self.settings_hash = stable_hash(self.config)
@@ -90,37 +99,65 @@ class RunFolder:
         except OSError as exc:
             self._lock_handle.close()
             raise RunConflictError(f"{path}: another capmill run is using this run folder") from exc
-        self._open_manifest(sources)
-        self.ledger = Ledger(os.path.join(path, "ledger.sqlite"))
+        self.ledger = Ledger(os.path.join(path, "ledger.sqlite"), retry_errors=retry_errors)
         self.sidecar_sink = SINKS.get("sidecar")("", **(sidecar or {})) if self.shard_export == "sidecar" else None
+        try:
+            self._open_manifest(sources, versions or {})
+        except BaseException:
+            self.release()
+            raise
         self._recover()
         self._next = 1 + max((self._index(n) for n in self.shard_names()), default=-1)
         self._pending: _Pending | None = None
         self.wants_media = SINKS.get(self.sink_name).wants_media
 
     # -- manifest and recovery -------------------------------------------------------------------------
-    def _open_manifest(self, sources: Any) -> None:
+    def _open_manifest(self, sources: Any, versions: dict[str, str | None]) -> None:
+        """Create the manifest, or check that the folder's configuration is this one.
+
+        A folder that holds no committed record takes the new configuration (a start that failed before
+        captioning anything does not bind the folder); one that holds records refuses a different one."""
         path = os.path.join(self.path, "manifest.json")
-        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": sources}
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        session = {"started": now, "sources": sources, "versions": versions}
+        config = json.loads(json.dumps(self.config))
+        manifest: dict[str, Any] | None = None
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
                 manifest = json.load(handle)
             old = manifest.get("config", {})
-            if old != json.loads(json.dumps(self.config)):
-                changed = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
-                raise RunConflictError(
-                    f"{self.path} holds a run with a different configuration (differs in: {', '.join(changed)}); "
-                    "use another --run-dir, or the same settings to resume"
+            held = self.ledger.count() + len(self.shard_names())
+            if old != config and held:
+                raise RunConflictError(self._conflict_message(old, config))
+            if old != config:
+                manifest = None  # nothing committed under the old configuration: start over with this one
+        if manifest is None:
+            manifest = {"capmill_version": __version__, "config": self.config, "settings_hash": self.settings_hash,
+                        "versions": versions, "sessions": [session]}  # fmt: skip
+        else:
+            before = (manifest.get("sessions") or [{}])[-1].get("versions") or manifest.get("versions") or {}
+            changed = [
+                f"{name} {before.get(name)} -> {version}"
+                for name, version in versions.items()
+                if name in before and before.get(name) != version
+            ]
+            if changed:
+                self.notices.append(
+                    f"{self.path}: library versions changed since the last session ({', '.join(changed)}); "
+                    "captions made before and after may differ slightly"
                 )
             manifest.setdefault("sessions", []).append(session)
-        else:
-            manifest = {
-                "capmill_version": __version__,
-                "config": self.config,
-                "settings_hash": self.settings_hash,
-                "sessions": [session],
-            }
         write_json_atomic(path, manifest)
+
+    def _conflict_message(self, old: dict[str, Any], new: dict[str, Any]) -> str:
+        records = self.ledger.count()
+        lines = [f"  {key}: {_short(a)} (in the folder) -> {_short(b)} (now)" for key, a, b in _differences(old, new)]
+        quoted = shlex.quote(self.path)
+        return (
+            f"{self.path} holds {records} record(s) made with a different configuration:\n" + "\n".join(lines) + "\n"
+            f"To resume, run with the folder's settings. To start fresh, remove the folder (rm -rf {quoted}) "
+            "or choose another --run-dir."
+        )
 
     def _recover(self) -> None:
         for name in os.listdir(self.records_dir):
@@ -130,7 +167,7 @@ class RunFolder:
         for name in self.shard_names():
             if name not in known:  # renamed but not entered: the crash came between the two steps
                 records = list(read_shard(os.path.join(self.records_dir, name)))
-                entries = [Entry(r.id, self.key_for(r.content_hash), r.status, _reason(r), name) for r in records]
+                entries = [self._entry(r, None, name, pos) for pos, r in enumerate(records)]
                 self._export_shard(records)
                 self.ledger.commit_shard(name, entries)
 
@@ -147,37 +184,54 @@ class RunFolder:
 
     # -- writing ---------------------------------------------------------------------------------------
     def is_done(self, item_id: str) -> bool:
-        return self.ledger.has_id(item_id)
+        """Whether this id needs no more work (an error record that may pass on a retry does not count)."""
+        return self.ledger.is_done(item_id)
+
+    def _entry(self, record: Record, reason: str | None, shard: str, pos: int | None = None) -> Entry:
+        kind = (record.error_kind or "final") if record.status == "error" else None
+        key = self.key_for(record.content_hash)
+        return Entry(record.id, key, record.status, reason or _reason(record), shard, kind, pos)
 
     def add(self, record: Record, media: bytes | None = None, reason: str | None = None) -> None:
-        """Buffer one record into the open shard; the shard is committed when it holds `shard_size` records."""
-        if self._pending is None:
-            name = f"part-{self._next:05d}{self.ext}"
-            self._next += 1
-            tmp = os.path.join(self.records_dir, f".{name}.tmp")
-            self._pending = _Pending(name, tmp, SINKS.get(self.sink_name)(tmp))
-        pending = self._pending
-        pending.sink.write(record, media if self.wants_media else None)
-        key = self.key_for(record.content_hash)
-        pending.entries.append(Entry(record.id, key, record.status, reason or _reason(record), pending.name))
-        if self.shard_export:
-            pending.records.append(record)
-        if len(pending.entries) >= self.shard_size:
-            self.commit()
+        """Buffer one record into the open shard; the shard is committed when it holds `shard_size` records, or
+        when it has been open `commit_seconds`."""
+        with self._write_lock:
+            if self._pending is None:
+                name = f"part-{self._next:05d}{self.ext}"
+                self._next += 1
+                tmp = os.path.join(self.records_dir, f".{name}.tmp")
+                self._pending = _Pending(name, tmp, SINKS.get(self.sink_name)(tmp))
+            pending = self._pending
+            pending.sink.write(record, media if self.wants_media else None)
+            pending.entries.append(self._entry(record, reason, pending.name, len(pending.entries)))
+            if self.shard_export:
+                pending.records.append(record)
+            if len(pending.entries) >= self.shard_size:
+                self.commit()
+            else:
+                self.commit_if_due()
+
+    def commit_if_due(self) -> None:
+        """Commit the open shard if it has been open `commit_seconds` (called as records come, and when idle)."""
+        with self._write_lock:
+            pending = self._pending
+            if pending is not None and time.monotonic() - pending.opened >= self.commit_seconds:
+                self.commit()
 
     def commit(self) -> str | None:
         """Close, fsync and rename the open shard, write its exports, then enter it in the ledger."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return None
-        pending.sink.close()
-        _fsync_path(pending.tmp)
-        final = os.path.join(self.records_dir, pending.name)
-        os.replace(pending.tmp, final)
-        _fsync_path(self.records_dir)
-        self._export_shard(pending.records)
-        self.ledger.commit_shard(pending.name, pending.entries)
-        return pending.name
+        with self._write_lock:
+            pending, self._pending = self._pending, None
+            if pending is None:
+                return None
+            pending.sink.close()
+            _fsync_path(pending.tmp)
+            final = os.path.join(self.records_dir, pending.name)
+            os.replace(pending.tmp, final)
+            _fsync_path(self.records_dir)
+            self._export_shard(pending.records)
+            self.ledger.commit_shard(pending.name, pending.entries)
+            return pending.name
 
     def _export_shard(self, records: list[Record]) -> None:
         if self.sidecar_sink is not None:
@@ -191,7 +245,16 @@ class RunFolder:
             from capmill.data.sinks.hf import save_parquet_as_hf
 
             shards = [os.path.join(self.records_dir, n) for n in self.shard_names()]
+            if self.ledger.count() != self.ledger.rows_in_shards():
+                # some ids were retried: their old records are superseded; export only the current ones
+                tmp = os.path.join(self.path, ".current.parquet.tmp")
+                with SINKS.get("parquet")(tmp) as sink:
+                    for record in read_records(self.path):
+                        sink.write(record)
+                shards = [tmp]
             save_parquet_as_hf(shards, os.path.join(self.path, "dataset"))
+            if shards and shards[0].endswith(".tmp"):
+                os.remove(shards[0])
 
     def release(self) -> None:
         """Let go of the ledger and the folder lock (after close, or after a failure)."""
@@ -206,7 +269,12 @@ class RunFolder:
         entry = self.ledger.find_key(key, include_errors)
         if entry is None:
             return None
-        for record in read_shard(os.path.join(self.records_dir, entry.shard)):
+        path = os.path.join(self.records_dir, entry.shard)
+        if entry.pos is not None:  # straight to its row (its row group, for Parquet)
+            record = read_shard_row(path, entry.pos)
+            if record is not None and record.id == entry.id:
+                return record
+        for record in read_shard(path):  # a ledger written before positions were kept
             if record.id == entry.id:
                 return record
         return None
@@ -231,38 +299,16 @@ def _reason(record: Record) -> str | None:
     return text.split(":", 1)[0].split(" (", 1)[0].strip() or "error"
 
 
-def read_shard(path: str) -> Iterator[Record]:
-    """The records of one shard, whatever its format."""
-    from capmill.data.sinks.base import row_to_record
-
-    if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield Record.from_dict(json.loads(line))
-    elif path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                yield row_to_record(row)
-    elif path.endswith(".tar"):
-        import tarfile
-
-        with tarfile.open(path, "r") as tar:
-            for info in tar:
-                if info.isfile() and info.name.endswith(".json"):
-                    handle = tar.extractfile(info)
-                    if handle is not None:
-                        yield Record.from_dict(json.loads(handle.read()))
-    else:
-        raise ConfigError(f"{path}: not a capmill shard")
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every leaf that differs between two configurations."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
-def read_records(run_dir: str) -> Iterator[Record]:
-    """Every record of a run folder, shard by shard in order (complete shards only: they are renamed whole)."""
-    records_dir = os.path.join(run_dir, "records")
-    if not os.path.isdir(records_dir):
-        raise ConfigError(f"{run_dir}: not a capmill run folder (no records/)")
-    for name in sorted(n for n in os.listdir(records_dir) if SHARD_NAME.match(n)):
-        yield from read_shard(os.path.join(records_dir, name))
+def _short(value: Any, limit: int = 120) -> str:
+    text = "(none)" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

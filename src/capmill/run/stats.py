@@ -37,6 +37,8 @@ class Stats:
     reasons: Counter = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    batches: int = 0  # engine calls whose records were handed to the run folder
+    phase: str = "starting"  # what the run is doing now: starting, loading model, captioning, finishing
     times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

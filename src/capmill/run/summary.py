@@ -47,6 +47,7 @@ def build_summary(stats: Stats, out: RunFolder | None, completed: bool, error: s
             "shards": len(out.shard_names()),
             "by_status": out.ledger.by_status(),
             "errors_by_reason": out.ledger.errors_by_reason(),
+            "errors_by_kind": out.ledger.errors_by_kind(),  # retryable ones are redone by the next run
             "config": out.config,
         }
     return summary

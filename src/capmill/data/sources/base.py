@@ -72,6 +72,20 @@ def kind_of(path: str) -> Kind | None:
     return None
 
 
+def input_name(spec: str) -> str:
+    """The name ids start from: the last part of the input's absolute path (`photos`, `./photos/` and
+    `/data/photos` all give `photos`), so ids do not depend on how the input was typed or where from."""
+    return os.path.basename(os.path.normpath(os.path.abspath(spec))) or os.sep
+
+
+def relative_id(root: str, path: str) -> str:
+    """`<root name>/<path relative to root>`, with `/` separators: a file's id under a folder or glob root."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    name = input_name(root)
+    parts = [] if name == os.sep else [name]
+    return "/".join([*parts, *rel.split(os.sep)])
+
+
 def file_item(item_id: str, path: str, kind: Kind = "image", **meta: Any) -> Item:
     """A lazy Item for a local file: its bytes are read by `capmill.data.fetch.load` in a worker."""
     return Item(id=item_id, source=os.path.abspath(path), kind=kind, meta={"path": os.path.abspath(path), **meta})

@@ -6,7 +6,7 @@ import glob as globlib
 import os
 from collections.abc import Iterator
 
-from capmill.data.sources.base import ListingSource, error_item, file_item, kind_of
+from capmill.data.sources.base import ListingSource, error_item, file_item, input_name, kind_of, relative_id
 from capmill.records import Item
 
 
@@ -20,6 +20,17 @@ def _wanted(path: str, text_mode: bool, include_video: bool) -> bool:
 def _item_for(item_id: str, path: str, text_mode: bool) -> Item:
     kind = "text" if text_mode else (kind_of(path) or "image")
     return file_item(item_id, path, kind)
+
+
+def glob_root(pattern: str) -> str:
+    """The folder a glob pattern starts from: its leading parts without wildcards (`data/**/*.jpg` -> `data`)."""
+    parts = pattern.split(os.sep)
+    fixed = []
+    for part in parts[:-1]:
+        if globlib.has_magic(part):
+            break
+        fixed.append(part)
+    return os.sep.join(fixed) or ("/" if pattern.startswith(os.sep) else ".")
 
 
 class FolderSource(ListingSource):
@@ -46,7 +57,7 @@ class FolderSource(ListingSource):
                     continue
                 path = os.path.join(dirpath, name)
                 if _wanted(path, text_mode, video):
-                    yield _item_for(os.path.normpath(path), path, text_mode)
+                    yield _item_for(relative_id(root, path), path, text_mode)
 
 
 class GlobSource(ListingSource):
@@ -56,9 +67,10 @@ class GlobSource(ListingSource):
 
     def __iter__(self) -> Iterator[Item]:
         text_mode, video = self.options.text_mode, self.options.include_video
+        root = glob_root(self.spec)
         for path in sorted(globlib.iglob(self.spec, recursive=True)):
             if (os.path.isfile(path) or os.path.islink(path)) and _wanted(path, text_mode, video):
-                yield _item_for(os.path.normpath(path), path, text_mode)
+                yield _item_for(relative_id(root, path), path, text_mode)
 
 
 class FileSource(ListingSource):
@@ -67,7 +79,7 @@ class FileSource(ListingSource):
     name = "file"
 
     def __iter__(self) -> Iterator[Item]:
-        yield _item_for(os.path.normpath(self.spec), self.spec, self.options.text_mode)
+        yield _item_for(input_name(self.spec), self.spec, self.options.text_mode)
 
 
 class FileListSource(ListingSource):

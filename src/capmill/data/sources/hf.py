@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from capmill.data.sources.base import Source
+from capmill.data.sources.base import Source, input_name
 from capmill.data.sources.tabular import RowReader
 from capmill.errors import ConfigError, MissingDependencyError
 from capmill.records import Item
@@ -50,7 +50,8 @@ class HFDiskSource(Source):
         for split, ds in self._splits():
             ds = _undecoded(ds, datasets)
             origin = f"{self.spec}/{split}" if split else self.spec
-            reader = RowReader(list(ds.column_names), self.options, origin, base)
+            name = input_name(self.spec)
+            reader = RowReader(list(ds.column_names), self.options, origin, base, f"{name}/{split}" if split else name)
             for index, row in enumerate(ds):
                 yield reader.item(row, index)
 

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 
-from capmill.data.sources.base import Source, error_item
+from capmill.data.sources.base import Source, error_item, input_name
 from capmill.data.sources.tabular import RowReader
 from capmill.records import Item
 
@@ -31,11 +31,15 @@ class JsonlManifestSource(Source):
                 except ValueError as exc:
                     where = f"{self.spec}#{lineno}"
                     yield error_item(
-                        where, where, "corrupt row", str(exc)[:200], "text" if self.options.text_mode else "image"
+                        f"{input_name(self.spec)}#{lineno}",
+                        where,
+                        "corrupt row",
+                        str(exc)[:200],
+                        "text" if self.options.text_mode else "image",
                     )
                     continue
                 if reader is None:
-                    reader = RowReader(list(row), self.options, self.spec, base)
+                    reader = RowReader(list(row), self.options, self.spec, base, input_name(self.spec))
                 yield reader.item(row, lineno)
 
 
@@ -49,6 +53,6 @@ class CsvManifestSource(Source):
         delimiter = "\t" if self.spec.lower().endswith(".tsv") else ","
         with open(self.spec, encoding="utf-8", newline="") as handle:
             rows = csv.DictReader(handle, delimiter=delimiter)
-            reader = RowReader(list(rows.fieldnames or []), self.options, self.spec, base)
+            reader = RowReader(list(rows.fieldnames or []), self.options, self.spec, base, input_name(self.spec))
             for lineno, row in enumerate(rows, start=2):
                 yield reader.item(row, lineno)

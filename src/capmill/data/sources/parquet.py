@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from capmill.data.sources.base import Source, error_item
+from capmill.data.sources.base import Source, error_item, input_name
 from capmill.data.sources.tabular import RowReader
 from capmill.records import Item
 
@@ -33,7 +33,13 @@ class ParquetSource(Source):
         except Exception as exc:  # noqa: BLE001 - a broken footer: the whole file is one bad input
             yield error_item(self.spec, os.path.abspath(self.spec), "corrupt parquet", str(exc)[:200])
             return
-        reader = RowReader(pf.schema_arrow.names, self.options, self.spec, os.path.dirname(os.path.abspath(self.spec)))
+        reader = RowReader(
+            pf.schema_arrow.names,
+            self.options,
+            self.spec,
+            os.path.dirname(os.path.abspath(self.spec)),
+            input_name(self.spec),
+        )
         columns = [c for c in (reader.id_col, reader.image_col, reader.path_col, reader.text_col) if c]
         row = 0
         for group in range(pf.num_row_groups):
@@ -70,7 +76,9 @@ class ArrowSource(Source):
         except Exception as exc:  # noqa: BLE001
             yield error_item(self.spec, os.path.abspath(self.spec), "corrupt arrow", str(exc)[:200])
             return
-        reader = RowReader(names, self.options, self.spec, os.path.dirname(os.path.abspath(self.spec)))
+        reader = RowReader(
+            names, self.options, self.spec, os.path.dirname(os.path.abspath(self.spec)), input_name(self.spec)
+        )
         row = 0
         try:
             for batch in batches:

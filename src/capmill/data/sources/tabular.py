@@ -22,8 +22,11 @@ from capmill.records import Item
 class RowReader:
     """Knows which columns hold the id, the image (bytes, struct or path/URL) and the text of a table."""
 
-    def __init__(self, names: list[str], options: SourceOptions, origin: str, base_dir: str):
+    def __init__(
+        self, names: list[str], options: SourceOptions, origin: str, base_dir: str, id_origin: str | None = None
+    ):
         self.options, self.origin, self.base_dir = options, origin, base_dir
+        self.id_origin = id_origin or origin  # ids without an id column: `<id_origin>#<row>`
         self.id_col = pick_column(names, options.id_column, ID_COLUMNS)
         if options.text_mode:
             self.text_col = pick_column(names, options.text_column, TEXT_COLUMNS)
@@ -39,7 +42,7 @@ class RowReader:
 
     def item(self, row: dict[str, Any], index: int | str) -> Item:
         ident = row.get(self.id_col) if self.id_col else None
-        item_id = str(ident) if ident not in (None, "") else f"{self.origin}#{index}"
+        item_id = str(ident) if ident not in (None, "") else f"{self.id_origin}#{index}"
         where = f"{self.origin}#{index}"
         meta = {"row": index}
         if self.text_col:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from capmill.data.sources.base import ListingSource, error_item
+from capmill.data.sources.base import ListingSource, error_item, input_name
 from capmill.records import Item
 
 
@@ -24,4 +24,10 @@ class TextLinesSource(ListingSource):
                 text = line.strip()
                 if text:
                     where = f"{self.spec}#{lineno}"
-                    yield Item(id=where, source=where, kind="text", text=text, meta={"line": lineno})
+                    yield Item(
+                        id=f"{input_name(self.spec)}#{lineno}",
+                        source=where,
+                        kind="text",
+                        text=text,
+                        meta={"line": lineno},
+                    )

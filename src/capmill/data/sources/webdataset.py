@@ -6,7 +6,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 
-from capmill.data.sources.base import IMAGE_EXTS, TEXT_COLUMNS, Source, error_item
+from capmill.data.sources.base import IMAGE_EXTS, TEXT_COLUMNS, Source, error_item, input_name
 from capmill.records import Item
 
 
@@ -44,17 +44,22 @@ class WebDatasetSource(Source):
                     members[ext] = handle.read() if handle else b""
         except (OSError, tarfile.TarError, EOFError) as exc:
             # the sample being read when the stream broke is incomplete: it becomes the error record
-            yield error_item(f"{shard}#{key}", f"{shard}#{key}", "corrupt tar", str(exc)[:200])
+            yield error_item(f"{input_name(shard)}#{key}", f"{shard}#{key}", "corrupt tar", str(exc)[:200])
             return
         if key is not None:
             yield self._sample(key, members)
         tail = _garbage_after(shard, tar.offset)
         if tail:  # tarfile ends quietly at a cut-off header: say so, or the lost samples go unnoticed
             where = f"{shard}#@{tar.offset}"
-            yield error_item(where, where, "corrupt tar", f"archive cut off or garbled at byte {tar.offset} ({tail})")
+            yield error_item(
+                f"{input_name(shard)}#@{tar.offset}",
+                where,
+                "corrupt tar",
+                f"archive cut off or garbled at byte {tar.offset} ({tail})",
+            )
 
     def _sample(self, key: str, members: dict[str, bytes]) -> Item:
-        item_id, where = f"{self.spec}#{key}", f"{self.spec}#{key}"
+        item_id, where = f"{input_name(self.spec)}#{key}", f"{self.spec}#{key}"
         if self.options.text_mode:
             for ext in ("txt", *TEXT_COLUMNS):
                 if ext in members:
