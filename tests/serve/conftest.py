@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_helpers import SERVE_PROFILE, Server, serve
+from serve_helpers import SERVE_PROFILE, Server, SharedCaptioner, serve
 
 
 @pytest.fixture(scope="session")
@@ -57,19 +57,6 @@ def photo_bytes(photos) -> bytes:  # noqa: ANN001
     return photos[0].read_bytes()
 
 
-class _Shared:
-    """The session's captioner lent to a runner, which closes what it is given: closing is left to the owner."""
-
-    def __init__(self, captioner):  # noqa: ANN001
-        self._captioner = captioner
-
-    def __getattr__(self, name: str):  # noqa: ANN204
-        return getattr(self._captioner, name)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture(scope="session")
 def run_dir(captioner, photos, tmp_path_factory) -> Path:  # noqa: ANN001
     """A run folder written by the real pipeline (LocalRunner) with the real tiny model: six photos, two bad files."""
@@ -84,7 +71,7 @@ def run_dir(captioner, photos, tmp_path_factory) -> Path:  # noqa: ANN001
     run = tmp_path_factory.mktemp("browse-run")
     job = CaptionJob(
         inputs=[str(inputs)],
-        make_captioner=lambda: _Shared(captioner),
+        make_captioner=lambda: SharedCaptioner(captioner),
         run_dir=str(run),
         pipeline=PipelineOptions(workers=0, batch_size=8),
         progress=False,

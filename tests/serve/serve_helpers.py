@@ -63,3 +63,16 @@ def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
     import base64
 
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+class SharedCaptioner:
+    """The session's captioner lent to a runner, which closes what it is given: closing is left to the owner."""
+
+    def __init__(self, captioner):  # noqa: ANN001
+        self._captioner = captioner
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._captioner, name)
+
+    def close(self) -> None:
+        pass

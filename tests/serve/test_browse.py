@@ -109,9 +109,10 @@ def test_bad_browse_folder_fails_at_once(tmp_path):  # noqa: ANN001
 @pytest.fixture(scope="module")
 def manifest_run(captioner, photos, tmp_path_factory):  # noqa: ANN001
     """A real run over a JSON-lines manifest naming one image beside it and one in an unrelated folder."""
+    from serve_helpers import SharedCaptioner
+
     from capmill.run.local import CaptionJob, LocalRunner
     from capmill.run.pipeline import PipelineOptions
-    from conftest import _Shared
 
     inputs = tmp_path_factory.mktemp("manifest-inputs")
     elsewhere = tmp_path_factory.mktemp("not-an-input")
@@ -124,7 +125,7 @@ def manifest_run(captioner, photos, tmp_path_factory):  # noqa: ANN001
     run = tmp_path_factory.mktemp("manifest-run")
     job = CaptionJob(
         inputs=[str(manifest)],
-        make_captioner=lambda: _Shared(captioner),
+        make_captioner=lambda: SharedCaptioner(captioner),
         run_dir=str(run),
         pipeline=PipelineOptions(workers=0, batch_size=8),
         progress=False,
