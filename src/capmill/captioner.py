@@ -1,5 +1,8 @@
 """`Captioner`: the Python API. Inputs -> Requests (profile + family) -> engine batches -> Records.
 
+Longer than most modules (~350 lines) because it is the one public surface every runner, the server and the CLI
+drive: configuration, the run identity of its settings, prepare, generate, finish and the streaming caption loop.
+
 The pipeline, server and CLI are built on these methods: `prepare` (one input -> one Request, or InputError),
 `generate` (one engine batch), `finish` (parse into a Record); `caption` chains them for a list of inputs.
 """

@@ -1,5 +1,8 @@
 """`capmill caption INPUT...`: caption images, videos or caption text into JSONL, Parquet, WebDataset, sidecars or HF.
 
+Longer than most modules (~350 lines): its length is the subcommand's flag list (inputs, outputs, engine, run,
+quality, recipes) and their translation into one job; the work itself lives in run/, quality/ and recipes/.
+
 Every run lives in a run folder (`--run-dir`, or `FILE.capmill/` beside `--out FILE`): running the same command
 again resumes it. See docs/runs.md.
 """

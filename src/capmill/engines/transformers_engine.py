@@ -12,11 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from capmill.engines import row_sampling, streaming
+from capmill.engines import streaming
 from capmill.engines.base import Engine, EngineOptions
 from capmill.engines.batch_invariant import make_batch_invariant
 from capmill.engines.bounded import LRUDict
 from capmill.engines.fast_paths import FastPathGuard, prove
+from capmill.engines.generate_call import FirstTokenClock, completion, generate_kwargs, media_token_ids
 from capmill.engines.isolate import failed, run_isolating
 from capmill.engines.prefix_cache import (
     MIN_PREFIX,
@@ -76,7 +77,7 @@ class TransformersEngine(Engine):
             dtype=str(self.dtype).replace("torch.", ""),
         )
         self._cache_kwarg = cache_kwarg(self.model)
-        self._media_ids = _media_token_ids(self.processor, self.tokenizer)
+        self._media_ids = media_token_ids(self.processor, self.tokenizer)
         self._seen_stop_warning = False
         self._stop_cache: dict[tuple[str, ...], Any] = LRUDict(STOP_CACHE_SIZE)  # stop lists come from clients
 
@@ -155,7 +156,7 @@ class TransformersEngine(Engine):
         # rows that ask for it (the quality gate) end at a repetition loop instead of spending their token budget
         kwargs = add_repetition_stop(kwargs, batch, inputs["input_ids"].shape[1])
         t_prefix = time.perf_counter()
-        clock = _FirstTokenClock()
+        clock = FirstTokenClock()
         # listening rows get their text as it is generated (engines/streaming.py); seeds live in the per-row
         # generators of engines/row_sampling.py, so nothing reseeds the process here
         kwargs["streamer"] = streaming.row_streamer(
@@ -301,103 +302,14 @@ class TransformersEngine(Engine):
         return any(text.endswith(stop) for stop in decoding.stop)
 
     def _generate_kwargs(self, decoding: Decoding, batch: list[Request]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": decoding.max_new_tokens,
-            "do_sample": decoding.do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if decoding.do_sample:
-            for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
-                value = getattr(decoding, name)
-                if value is not None:
-                    kwargs[name] = value
-        elif decoding.repetition_penalty is not None:
-            kwargs["repetition_penalty"] = decoding.repetition_penalty
-        if decoding.stop:
-            from transformers import StoppingCriteriaList
-
-            kwargs["stopping_criteria"] = StoppingCriteriaList([self._stop_criteria(tuple(decoding.stop))])
-        constraints = [r.constraint for r in batch]
-        if any(constraints):
-            from transformers import LogitsProcessorList
-
-            from capmill.engines.constrained import logits_processors
-
-            processor = logits_processors(
-                self.tokenizer,
-                constraints,
-                max_new_tokens=decoding.max_new_tokens,  # outputs close within budget instead of being cut
-                eos_token_id=self.model.generation_config.eos_token_id,
-            )
-            kwargs["logits_processor"] = LogitsProcessorList([processor])
-        # Hook (engines/row_sampling.py, engines/streaming.py): one random generator per row, and rows whose
-        # caller has gone stop at the next step.
-        kwargs = row_sampling.per_row(kwargs, batch, self.model.generation_config)
-        return streaming.add_cancellation(kwargs, batch)
-
-    def _stop_criteria(self, stop: tuple[str, ...]) -> Any:
-        """transformers' StopStringCriteria (what `generate(stop_strings=...)` builds), built once per stop list:
-        building it walks the whole vocabulary (~65 ms for Qwen's), which `stop_strings=` repeats every call."""
-        if stop not in self._stop_cache:
-            from transformers import StopStringCriteria
-
-            self._stop_cache[stop] = StopStringCriteria(tokenizer=self.tokenizer, stop_strings=list(stop))
-        return self._stop_cache[stop]
+        return generate_kwargs(decoding, batch, self.tokenizer, self.model.generation_config, self._stop_cache)
 
     def _completion(self, row: list[int], text: str, decoding: Decoding) -> tuple[int, str]:
-        """Tokens generated for this row (padding after its end excluded) and why it stopped."""
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        pad = self.tokenizer.pad_token_id
-        for k, token in enumerate(row):
-            if token in eos_ids:
-                return k + 1, "stop"
-            if token == pad:
-                return k, "stop"
-        if decoding.stop and any(text.endswith(s) or s in text for s in decoding.stop):
-            return len(row), "stop"
-        return len(row), "length" if len(row) >= decoding.max_new_tokens else "stop"
+        return completion(row, text, decoding, self.model.generation_config, self.tokenizer.pad_token_id)
 
     def close(self) -> None:
         self.model = None
         self.processor = None
-
-
-def _media_token_ids(processor: Any, tokenizer: Any) -> set[int]:
-    """Token ids that stand for an image or video: the shared prefix ends before the first one."""
-    ids = set()
-    for owner in (processor, tokenizer):
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "image_start_token_id"):
-            value = getattr(owner, name, None)
-            if isinstance(value, int):
-                ids.add(value)
-        for name in ("image_token", "video_token", "start_image_token", "vision_start_token"):
-            token = getattr(owner, name, None)
-            if isinstance(token, str):
-                token_id = tokenizer.convert_tokens_to_ids(token)
-                if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-                    ids.add(token_id)
-    return ids
-
-
-class _FirstTokenClock:
-    """A generate streamer that only notes when the first new token exists: the end of the prompt pass."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.first: float | None = None
-
-    def put(self, value: Any) -> None:  # called with the prompt, then once per step
-        self.calls += 1
-        if self.calls == 2:
-            self.first = time.perf_counter()
-
-    def end(self) -> None:
-        pass
-
-    def put_first(self) -> None:
-        """row_merge: the rows' prompt passes are done (their first tokens exist)."""
-        self.first, self.calls = time.perf_counter(), 2
 
 
 def _freeze(value: Any) -> str:

@@ -1,5 +1,8 @@
 """Run a recipe: each stage an exactly-once sub-run in `RUN_DIR/stages/NAME/`, then the joined records.
 
+Longer than most modules (~350 lines) because stage planning, identity, folder replacement and joining share one
+state (the recipe's stage folders); the templates, source and outputs live beside it.
+
 A stage's identity is its own settings (captioner settings, templates, prompt set, constraints) plus the identities
 of the stages it reads. Its folder keeps the identity it was made with: the same identity resumes it (nothing done
 is redone), a different one sets the old folder aside under `stages/.replaced/` (where it is taken back if the

@@ -1,5 +1,8 @@
 """The streaming pipeline: sources -> decode workers -> batches -> engine -> parse -> run folder, bounded throughout.
 
+Longer than most modules (~350 lines): the four threads share its queues, counters and stop flag, and splitting
+them apart would pass that state through every call; the ledger, emitter, workers and stopping live beside it.
+
 Four threads and a process pool keep the model busy: a feeder reads the sources and submits fetch+decode jobs to
 worker processes; a batcher takes decoded items in order, deduplicates by content, calls `Captioner.prepare` and
 forms batches; the calling thread only runs `Captioner.generate`; a writer calls `Captioner.finish` and hands

@@ -1,5 +1,8 @@
 """What the endpoints do, without HTTP: turn chat and caption requests into engine Requests and answer them.
 
+Longer than most modules (~350 lines): every endpoint's steps (check, prepare, queue with a control, cancel, read)
+share the one engine queue and its cancellation; HTTP lives in router.py, limits in limits.py and guards.py.
+
 The Captioner prepares every image exactly as `capmill caption` would (same decoding, resizing, scaffold),
 the Batcher groups requests into engine batches, and the Captioner turns Generations into Records.
 """
