@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-COCO = Path("/work/shared/data/coco/val2017")
+COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "val2017"
 FALLBACK = Path(__file__).parents[1] / "tests" / "data" / "coco"
 
 

@@ -19,8 +19,9 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
-COCO = "/work/shared/data/coco/val2017"
+COCO = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "val2017")
 
 
 def separate(model: str, inputs: list[str], work: str, tokens: int) -> float:

@@ -11,6 +11,7 @@ import pytest
 
 from capmill.recipes import Recipe
 from capmill.run.runfolder import read_records, read_shard
+from shared_data import SHARED_COCO
 
 STANDIN = Path(__file__).parents[1] / "models" / "data" / "scaffold_standin.jsonl"
 
@@ -209,7 +210,7 @@ def test_manifest_columns_and_output_stage(tmp_path, tiny_model, coco_photos):
 def test_side_by_side_streams_and_equals_one_by_one(tmp_path, tiny_model, coco_photos):
     folder = tmp_path / "many"
     folder.mkdir()
-    extra = sorted(Path("/work/shared/data/coco/val2017").glob("*.jpg"))[:24]
+    extra = sorted((SHARED_COCO / "val2017").glob("*.jpg"))[:24]
     for p in [*coco_photos, *extra][:36]:
         shutil.copy(p, folder / p.name)
     model = str(tiny_model("qwen2_vl"))

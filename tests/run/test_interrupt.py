@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from capmill.run.runfolder import read_records, read_shard
+from shared_data import SHARED_COCO
 
-COCO = Path("/work/shared/data/coco")
+COCO = SHARED_COCO
 INTERRUPTS = int(os.environ.get("CAPMILL_INTERRUPTS", "10"))
 N = 0
 DONE = re.compile(r"^capmill: (\d+)/\S+ done", re.M)
@@ -36,7 +37,7 @@ def raw_ids(run_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not COCO.is_dir(), reason="needs /work/shared/data/coco")
+@pytest.mark.skipif(not COCO.is_dir(), reason="needs shared/data/coco beside the repository")
 def test_interrupts_at_random_moments_lose_nothing_that_finished(tmp_path, tiny_model):
     model = tiny_model("qwen2_vl")
     photos = tmp_path / "photos"

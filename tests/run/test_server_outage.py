@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from capmill.run.runfolder import read_records
+from shared_data import SHARED_COCO
 
-COCO = Path("/work/shared/data/coco/val2017")
+COCO = SHARED_COCO / "val2017"
 N = 60
 
 
@@ -60,7 +61,7 @@ def committed(run_dir: Path) -> int:
         return 0
 
 
-@pytest.mark.skipif(not COCO.is_dir(), reason="needs /work/shared/data/coco")
+@pytest.mark.skipif(not COCO.is_dir(), reason="needs shared/data/coco beside the repository")
 def test_server_killed_mid_run_then_restarted(tmp_path, tiny_model):
     pytest.importorskip("fastapi")
     model = tiny_model("qwen2_vl")

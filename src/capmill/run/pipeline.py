@@ -26,6 +26,7 @@ from capmill.records import Generation, Item, Record, Request
 from capmill.run.emitter import RecordEmitter, error_record, unfinished
 from capmill.run.runfolder import RunFolder
 from capmill.run.stats import Stats
+from capmill.run.stopping import FinishInFlight
 from capmill.run.workers import Loaded, done_future, load_and_prepare, make_pool
 
 _END = object()
@@ -81,6 +82,7 @@ class Pipeline:
         self._batches: queue.Queue = queue.Queue(maxsize=1)  # one window ready while the engine runs another
         self._records: queue.Queue = queue.Queue(maxsize=16)  # messages: a generated window, or one input
         self._stop = threading.Event()  # everything stops
+        self._in_flight = FinishInFlight()
         self._halt_inputs = threading.Event()  # reading and batching stop; the writer finishes what is generated
         self._errors: list[BaseException] = []
         # deduplication: keys sent to the model this session are claimed in the ledger's on-disk session index;
@@ -272,7 +274,8 @@ class Pipeline:
             start = time.perf_counter()
             self._model_idle.clear()
             try:
-                generations = self.captioner.generate([request for _, request in batch])
+                with self._in_flight.engine_call():  # a first Ctrl-C lets this batch finish and be kept
+                    generations = self.captioner.generate([request for _, request in batch])
             finally:
                 self._model_idle.set()
             self.stats.add_time("engine", time.perf_counter() - start)
@@ -281,6 +284,7 @@ class Pipeline:
             for generation in generations:
                 self._account(generation)
             self._put(self._records, ("generated", batch, generations))
+            self._in_flight.raise_if_asked()
             self._check_failures(generations)
         self._put(self._records, _END)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,46 @@ def stop_on_signals() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class FinishInFlight:
+    """While the engine works on a batch, the first Ctrl-C or SIGTERM asks to stop once that batch is back (its
+    captions are committed like every other); a second one stops at once (that batch is redone on resume).
+
+    Signals land in the main thread only: elsewhere (a run driven from a worker thread) nothing changes.
+    """
+
+    def __init__(self) -> None:
+        self.pending: BaseException | None = None
+
+    @contextmanager
+    def engine_call(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            if self.pending is not None:  # asked twice: now
+                raise self.pending
+            self.pending = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            print(
+                "capmill: stopping once the batch in progress is back (its captions are kept); "
+                "Ctrl-C again stops at once",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def raise_if_asked(self) -> None:
+        """Raise the stop asked for during the last engine call, if any."""
+        if self.pending is not None:
+            raise self.pending
 
 
 def interrupted_message(exc: BaseException, run_dir: str, written: int, total: int | None) -> tuple[str, int]:
