@@ -148,10 +148,12 @@ def test_cli_error_is_one_line(tmp_path, coco_photos):
         text=True,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    error, what_to_do = proc.stderr.strip().splitlines()  # the error, then the one line every failure ends with
+    assert error == (
         "capmill caption: error: stage 'a', field 'prompt': unknown template variable {nope}; known: {filename}, "
         "{stem}, {folder}, {id}, {meta.COLUMN}, {stages.NAME[.FIELD]}"
-    ]
+    )
+    assert what_to_do.startswith("fix what is named above")
 
 
 def test_import_capmill_stays_light():

@@ -83,7 +83,8 @@ def test_a_failed_start_does_not_bind_the_folder(setup, capsys):
         pytest.skip("needs an environment without vLLM, where --engine vllm fails after the folder is opened")
     run_dir = setup / "run"
     assert caption("photos", "model", run_dir, "--engine", "vllm") == 2  # vLLM missing: fails at the model load
-    assert "capmill[vllm]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "capmill[vllm]" in err or "setup-vllm-env.sh" in err  # the install route for this machine
     assert json.loads((run_dir / "manifest.json").read_text())["config"]["engine"] == "vllm"
     assert caption("photos", "model", run_dir) == 0  # the corrected command is not refused
     assert session(run_dir)["captioned"] == 3
