@@ -6,40 +6,16 @@ sent from the environment, and its 503 + Retry-After when the queue is full must
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 from capmill.captioner import Captioner
 from capmill.engines.openai_engine import OpenAIEngine
 from capmill.errors import ConfigError
 from capmill.models.catalog import get_profile
+from live_server import UvicornThread
 
 PROFILE = "inkscope-2b"
 N = 12
-
-
-class _Uvicorn:
-    def __init__(self, app):
-        import uvicorn
-
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "capmill serve did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}/v1"
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +34,7 @@ def _serve(captioner, **config):
     from capmill.serve.app import create_app
     from capmill.serve.config import ServeConfig
 
-    return _Uvicorn(create_app(ServeConfig(served_model_names=[PROFILE], **config), captioner=captioner))
+    return UvicornThread(create_app(ServeConfig(served_model_names=[PROFILE], **config), captioner=captioner))
 
 
 def _requests(captioner, coco_photos, n):

@@ -7,38 +7,14 @@ its grammar sent as `structured_outputs`) give the same records as the same reci
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 
 import pytest
 
 from capmill.recipes import Recipe
 from capmill.run.runfolder import read_records
+from live_server import UvicornThread
 
 PROFILE = "inkscope-2b"
-
-
-class _Uvicorn:
-    """capmill serve's app in uvicorn on a free port of 127.0.0.1, in a thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "capmill serve did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}/v1"
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def recipe(engine_stage):
@@ -80,7 +56,7 @@ def test_recipe_through_capmill_serve_equals_transformers(tmp_path, tiny_model, 
     served = Captioner(model=model, profile=PROFILE)
     app = create_app(ServeConfig(served_model_names=[PROFILE], max_batch=4, max_wait_ms=20), captioner=served)
     try:
-        with _Uvicorn(app) as server:
+        with UvicornThread(app) as server:
             remote = recipe(
                 {"model": PROFILE, "profile": PROFILE, "engine": "openai", "engine_options": {"base_url": server.url}}
             )
