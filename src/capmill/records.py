@@ -131,6 +131,8 @@ class Record:
     quality: dict[str, Any] | None = None  # image-text score, gate verdict and attempts, when a gate ran
     tags: dict[str, Any] | None = None  # {"tags": [...], "rating": ..., scores}, when a tagger ran
     error_kind: str | None = None  # error records: "retryable" (a re-run retries it) or "final" (the input is bad)
+    stages: dict[str, Any] | None = None  # a recipe's record: every stage's output by stage name
+    captions: dict[str, str] | None = None  # a prompt set's captions by variant (several captions per image)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

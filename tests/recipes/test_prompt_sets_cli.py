@@ -61,7 +61,7 @@ def test_all_styles_as_kohya_lines_and_files(tmp_path, tiny_model, photos):
     assert len(records) == 3
     order = ["descriptive.short", "descriptive.long", "tags.short", "tags.long"]
     for record in records:
-        captions = record["meta"]["captions"]
+        captions = record["captions"]
         assert list(captions) == order
         assert record["caption"] == captions["descriptive.short"]
         txt = (photos / (record["id"].rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".txt")).read_text()
@@ -79,7 +79,7 @@ def test_all_styles_as_kohya_lines_and_files(tmp_path, tiny_model, photos):
     assert summary["stages"]["styles"]["session"]["captioned"] == 0
     for record in records:
         stem = photos / record["id"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        for variant, text in record["meta"]["captions"].items():
+        for variant, text in record["captions"].items():
             assert (stem.parent / f"{stem.name}.{variant}.txt").read_text() == text + "\n"
 
 
@@ -92,7 +92,7 @@ def test_random_pick_is_reproducible(tmp_path, tiny_model, photos):
         caption(photos, "--recipe", recipe, "--out", tmp_path / out)
         rows = [r.to_dict() for r in read_shard(str(tmp_path / out))]
         assert len(rows) == 3
-        picks.append({r["id"]: r["meta"]["stages"]["styles"]["variant"] for r in rows})
+        picks.append({r["id"]: r["stages"]["styles"]["variant"] for r in rows})
     assert picks[0] == picks[1]
     from capmill.recipes.prompt_sets import pick
     from capmill.recipes.spec import PromptSet
@@ -132,4 +132,4 @@ def test_without_a_run_folder_records_go_to_stdout(tmp_path, tiny_model, coco_ph
     recipe = styles_recipe(tmp_path / "one.yaml", tiny_model("qwen2_vl"), "random")
     out = caption(coco_photos[0], "--recipe", recipe).stdout
     (record,) = [json.loads(line) for line in out.splitlines()]
-    assert record["meta"]["stages"]["styles"]["variant"] and record["caption"]
+    assert record["stages"]["styles"]["variant"] and record["caption"]

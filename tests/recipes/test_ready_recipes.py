@@ -50,7 +50,7 @@ def test_caption_to_structured(tmp_path, tiny_model, photos):
     records = list(read_records(str(tmp_path / "run")))
     assert len(records) == 3
     for r in records:
-        caption, structured = r.meta["stages"]["caption"], r.meta["stages"]["structured"]
+        caption, structured = r.stages["caption"], r.stages["structured"]
         assert caption["status"] == "ok" and caption["profile"] == "inkscope-2b"
         assert r.status in ("ok", "repaired") and r.profile == "json-captioner" and r.mode == "text"
         assert set(r.structured) >= {"subjects", "actions", "setting"}
@@ -66,7 +66,7 @@ def test_tags_to_training_caption(tmp_path, tiny_model, photos):
     records = list(read_records(str(tmp_path / "run")))
     assert len(records) == 3
     for r in records:
-        stages = r.meta["stages"]
+        stages = r.stages
         tags = stages["tags"]["caption"].split(", ")
         assert set(tags) <= vocabulary and len(tags) == len(set(tags)) <= 20
         # the token budget (24 here) ends the rewrite at a sentence end: the wrap-up closes the sentence in time
@@ -82,7 +82,7 @@ def test_style_set(tmp_path, tiny_model, photos):
     assert len(records) == 3
     styles = {"descriptive", "casual", "training_prompt", "tags"}
     for r in records:
-        variant = r.meta["stages"]["styles"]["variant"]
+        variant = r.stages["styles"]["variant"]
         style, length = variant.split(".")
         assert style in styles and length in {"short", "medium", "long"}
-        assert list(r.meta["captions"]) == [variant]
+        assert list(r.captions) == [variant]

@@ -69,6 +69,6 @@ def test_recipe_through_capmill_serve_equals_transformers(tmp_path, tiny_model, 
     for item_id, record in got.items():
         assert record.engine == "openai" and want[item_id].engine == "transformers"
         for stage in ("detailed", "short"):
-            assert record.meta["stages"][stage]["caption"] == want[item_id].meta["stages"][stage]["caption"]
+            assert record.stages[stage]["caption"] == want[item_id].stages[stage]["caption"]
         assert record.status == "ok" and record.caption.startswith("ohwx, ") and record.caption[-1] in ".!?"
         assert "law" not in record.caption.lower().replace(",", " ").replace(".", " ").split()

@@ -77,7 +77,7 @@ def test_two_stages_records_and_per_stage_resume(tmp_path, tiny_model, photos, m
     assert len(records) == 5 and summary["run"]["records"] == 5
     detailed = stage_records(run_dir, "detailed")
     for item_id, record in records.items():
-        stages = record.meta["stages"]
+        stages = record.stages
         if item_id.endswith("broken.jpg"):  # the first stage's error stands for it; later stages leave it out
             assert set(stages) == {"detailed"} and stages["detailed"]["status"] == "error"
             assert record.status == "error" and "empty file" in record.error and record.profile == "generic"
@@ -119,12 +119,12 @@ def test_two_stages_records_and_per_stage_resume(tmp_path, tiny_model, photos, m
     assert [s[n]["captioned"] for n in ("detailed", "structured", "short")] == [0, 0, 4]
     records = [r for r in read_records(run_dir) if not r.id.endswith("broken.jpg")]
     assert len(records) == 4
-    assert all(set(r.meta["stages"]) == {"detailed", "structured", "short"} for r in records)
-    assert all(r.caption == r.meta["stages"]["short"]["caption"] for r in records)
+    assert all(set(r.stages) == {"detailed", "structured", "short"} for r in records)
+    assert all(r.caption == r.stages["short"]["caption"] for r in records)
 
     s = sessions(first.run(inputs, run_dir, progress=False))  # back to the first settings: taken back, not redone
     assert (s["detailed"]["captioned"], s["structured"]["captioned"]) == (0, 0)
-    assert all("short" not in r.meta["stages"] for r in read_records(run_dir))
+    assert all("short" not in r.stages for r in read_records(run_dir))
 
 
 def test_same_image_with_other_metadata_is_its_own_caption(tmp_path, tiny_model, coco_photos):
@@ -203,7 +203,7 @@ def test_manifest_columns_and_output_stage(tmp_path, tiny_model, coco_photos):
     prompts = {i: r.meta["recipe"]["prompt"] for i, r in stage_records(str(tmp_path / "run"), "first").items()}
     assert prompts == {"p0": "Describe a cat (p0).", "p1": "Describe a bus (p1)."}
     for record in read_records(str(tmp_path / "run")):
-        assert record.caption == record.meta["stages"]["first"]["caption"] != record.meta["stages"]["second"]["caption"]
+        assert record.caption == record.stages["first"]["caption"] != record.stages["second"]["caption"]
         assert record.mode == "caption"
 
 
@@ -232,11 +232,11 @@ def test_side_by_side_streams_and_equals_one_by_one(tmp_path, tiny_model, coco_p
         [str(folder)], str(tmp_path / "both"), progress=False
     )
     one_records = list(read_records(str(tmp_path / "one")))
-    usable = sum(r.meta["stages"]["first"]["status"] == "ok" for r in one_records)  # the others: left out of "second"
+    usable = sum(r.stages["first"]["status"] == "ok" for r in one_records)  # the others: left out of "second"
     second_session = summary["stages"]["second"]["session"]
     assert second_session["captioned"] + second_session["duplicates_copied"] == usable > 30  # equal texts: once
-    one = {r.id: (r.caption, r.meta["stages"]["first"]["caption"]) for r in one_records}
-    both = {r.id: (r.caption, r.meta["stages"]["first"]["caption"]) for r in read_records(str(tmp_path / "both"))}
+    one = {r.id: (r.caption, r.stages["first"]["caption"]) for r in one_records}
+    both = {r.id: (r.caption, r.stages["first"]["caption"]) for r in read_records(str(tmp_path / "both"))}
     assert both == one and len(both) == len(list(folder.glob("*.jpg"))) > 32
 
     def shard_times(stage):

@@ -3,7 +3,7 @@
 `Outputs` indexes the committed shards of one stage's run folder in `outputs.sqlite` (only shards it has not seen,
 so a resumed run reads little), so later stages look an item's output up without holding the stage in memory.
 `join` writes the recipe's records: the output stage's record of each input, with every stage's output under
-`meta.stages` and a prompt set's captions under `meta.captions`.
+`stages` and a prompt set's captions under `captions`.
 """
 
 from __future__ import annotations
@@ -141,8 +141,5 @@ def joined(ids: Iterator[str], stages: dict[str, Outputs], output: str) -> Itera
                 summaries[name] = found
         first = records[0]
         meta = {k: v for k, v in first.meta.items() if not k.startswith("recipe") and k not in ("path", "row")}
-        meta["stages"] = summaries
         captions = summaries.get(output, {}).get("captions")
-        if captions is not None:
-            meta["captions"] = captions
-        yield Record(**{**first.to_dict(), "id": item_id, "meta": meta})
+        yield Record(**{**first.to_dict(), "id": item_id, "meta": meta, "stages": summaries, "captions": captions})

@@ -26,7 +26,7 @@ class SidecarSink(Sink):
     """`path` is unused (sidecars sit beside the images); records of non-file inputs or errors get no sidecar.
 
     An existing sidecar with other content is kept unless `overwrite=True`: it may be a human's caption.
-    A record with several captions (`meta.captions`, a recipe's prompt set: variant -> caption) gets, with
+    A record with several captions (`captions`, a recipe's prompt set: variant -> caption) gets, with
     `captions="lines"`, one caption per line in `photo.txt` (kohya's multi-caption format: one picked per step),
     with `captions="files"`, one `photo.VARIANT.txt` per variant; with `"first"` (default), its own caption.
     """
@@ -55,7 +55,7 @@ class SidecarSink(Sink):
             return {}
         stem = os.path.splitext(record.source)[0]
         out = {}
-        many = record.meta.get("captions") if isinstance(record.meta.get("captions"), dict) else None
+        many = record.captions if isinstance(record.captions, dict) else None
         if "txt" in self.kinds and many and self.captions == "lines":
             out[f"{stem}.txt"] = "".join(" ".join(str(c).split()) + "\n" for c in many.values() if c)
         elif "txt" in self.kinds and many and self.captions == "files":
