@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 from make_inputs import jpeg
@@ -84,3 +85,14 @@ def test_hf_dataset_saved_to_disk(tmp_path):
     ds = datasets.load_from_disk(str(tmp_path / "ds"))
     assert ds["id"] == [r.id for r in rs] and ds["caption"][0] == "caption 0 ünïcode"
     assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_docs_list_every_record_field():
+    """docs/runs.md names every Record field, in order, in its 'Every record has' sentence."""
+    import re
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "runs.md").read_text(encoding="utf-8")
+    sentence = re.search(r"Every record has `([^`]+)`", docs)
+    assert sentence is not None
+    listed = [name.strip() for name in sentence.group(1).split(",")]
+    assert listed == list(Record.__dataclass_fields__)

@@ -9,7 +9,19 @@ from typing import Any, ClassVar
 from capmill.records import Record
 
 # Record fields stored as JSON text in columnar formats, so every shard has the same schema whatever they hold.
-JSON_FIELDS = ("decoding", "structured", "notes", "grounding", "timings", "tokens", "meta", "quality", "tags", "stages", "captions")
+JSON_FIELDS = (
+    "decoding",
+    "structured",
+    "notes",
+    "grounding",
+    "timings",
+    "tokens",
+    "meta",
+    "quality",
+    "tags",
+    "stages",
+    "captions",
+)
 SCALAR_FIELDS = tuple(f for f in Record.__dataclass_fields__ if f not in JSON_FIELDS)
 
 
