@@ -281,3 +281,31 @@ def test_a_relative_tagger_path_is_relative_to_the_recipe(tmp_path, tagger_dir):
     (tmp_path / "r.yaml").write_text("stages:\n  - name: tags\n    tagger: {model: models/wd}\n")
     recipe = Recipe.load(tmp_path / "r.yaml")
     assert recipe.stage("tags").tagger.model == str((tmp_path / "models" / "wd").resolve())
+
+
+def test_a_video_is_an_error_record_and_no_tags_is_an_empty_list(tmp_path, tagger_dir, coco_photos):
+    import av
+    import numpy as np
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with av.open(str(folder / "clip.mp4"), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    shutil.copy(coco_photos[1], folder / coco_photos[1].name)
+    none = {"general_threshold": 1.0, "character_threshold": 1.0}  # no score is above 1: no tag
+    recipe = Recipe.from_dict({"stages": [{"name": "tags", "tagger": {"model": str(tagger_dir), **none}}]})
+    recipe.run([str(folder)], str(tmp_path / "run"), progress=False)
+    records = {Path(r.id).name: r for r in read_records(str(tmp_path / "run"))}
+    video = records["clip.mp4"]
+    assert video.status == "error" and "a tagger reads images, not video" in video.error
+    photo = records[coco_photos[1].name]
+    assert photo.status == "ok" and photo.caption == "" and photo.tags["tags"] == []
+    assert photo.tags["rating"] in ("general", "sensitive", "questionable", "explicit")
+    assert photo.notes == ["no tag above the thresholds"]
