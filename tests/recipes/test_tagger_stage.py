@@ -116,7 +116,7 @@ def test_tags_equal_capmill_caption_tagger(tmp_path, tiny_model, tagger_dir, pho
     assert len(seen) > 2  # the tiny tagger tells the photos apart
 
 
-def test_three_stages_prompts_resume_and_reruns(tmp_path, tiny_model, tagger_dir, photos):
+def test_three_stages_prompts_resume_and_reruns(tmp_path, tiny_model, tagger_dir, photos, monkeypatch):
     run_dir = str(tmp_path / "run")
     inputs = [str(photos)]
     recipe = Recipe.from_dict(three_stages(tagger_dir, tiny_model))
@@ -160,15 +160,24 @@ def test_three_stages_prompts_resume_and_reruns(tmp_path, tiny_model, tagger_dir
         rendered = inner.family.render(inner.processor(), request)
         assert f"Tags: {', '.join(records[item.id].tags['tags'])}. Describe this photo." in rendered
 
-    # the same recipe: no work anywhere, the same records
+    # the same recipe: no work anywhere, the same records, and the tagger is not even loaded
+    loads = []
+    real_init = WDTagger.__init__
+
+    def counting_init(self, *args, **kwargs):
+        loads.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(WDTagger, "__init__", counting_init)
     again = recipe.run(inputs, run_dir, progress=False)
+    assert loads == []
     assert sessions(again) == {"tags": (n, 0), "detailed": (n - 1, 0), "short": (n - 1, 0)}
     assert [r.to_dict() for r in read_records(run_dir)] == [r.to_dict() for r in records.values()]
 
     # a threshold changes: the tagger stage and every stage after it run again
     lower = Recipe.from_dict(three_stages(tagger_dir, tiny_model, general_threshold=0.02))
     s = sessions(lower.run(inputs, run_dir, progress=False))
-    assert s == {"tags": (0, n - 1), "detailed": (0, n - 1), "short": (0, n - 1)}
+    assert s == {"tags": (0, n - 1), "detailed": (0, n - 1), "short": (0, n - 1)} and loads == [1]
     changed = {r.id: r for r in read_records(run_dir)}
     grew = [i for i, r in changed.items() if r.ok and len(r.tags["tags"]) > len(records[i].tags["tags"])]
     assert grew  # a lower threshold: more tags, and the prompts after it carry them
@@ -281,6 +290,8 @@ def test_a_relative_tagger_path_is_relative_to_the_recipe(tmp_path, tagger_dir):
     (tmp_path / "r.yaml").write_text("stages:\n  - name: tags\n    tagger: {model: models/wd}\n")
     recipe = Recipe.load(tmp_path / "r.yaml")
     assert recipe.stage("tags").tagger.model == str((tmp_path / "models" / "wd").resolve())
+    (tmp_path / "short.yaml").write_text("stages:\n  - name: tags\n    tagger: models/wd\n")  # as --tagger MODEL
+    assert Recipe.load(tmp_path / "short.yaml").stage("tags").tagger == recipe.stage("tags").tagger
 
 
 def test_a_video_is_an_error_record_and_no_tags_is_an_empty_list(tmp_path, tagger_dir, coco_photos):

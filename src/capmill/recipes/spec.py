@@ -113,6 +113,11 @@ class Stage(BaseModel):
     batch_size: int = Field(8, ge=1)
     tagger: TaggerOptions | None = None
 
+    @field_validator("tagger", mode="before")
+    @classmethod
+    def _tagger_shorthand(cls, value: Any) -> Any:
+        return {"model": value} if isinstance(value, str) else value  # `tagger: MODEL`, as `--tagger MODEL`
+
     def templates(self) -> list[tuple[str, Template]]:
         """(field, parsed template) of every template of this stage."""
         where = f"stage {self.name!r}"
