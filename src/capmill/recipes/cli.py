@@ -94,6 +94,9 @@ def show_recipe_prompts(recipe: Any, inputs: list[str], source: Any) -> int:
 
     for item in open_sources(inputs, source):
         for stage in recipe.stages:
+            if stage.tagger is not None:
+                print(f"--- stage {stage.name} (tagger) ---\n(no prompt: the tags of {stage.tagger.model})")
+                continue
             placeholders = {n: {"status": "ok", "caption": f"<stages.{n}>", "structured": {}} for n in stage.reads()}
             context = item_context(item.id, item.source, {}, placeholders)
             if stage.prompt_set is not None:

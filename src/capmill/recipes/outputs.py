@@ -3,7 +3,7 @@
 `Outputs` indexes the committed shards of one stage's run folder in `outputs.sqlite` (only shards it has not seen,
 so a resumed run reads little), so later stages look an item's output up without holding the stage in memory.
 `join` writes the recipe's records: the output stage's record of each input, with every stage's output under
-`stages` and a prompt set's captions under `captions`.
+`stages`, a prompt set's captions under `captions` and a tagger stage's tags under `tags`.
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ class Outputs:
 def summarize(records: list[Record]) -> dict[str, Any]:
     first = records[0]
     out = {name: getattr(first, name) for name in SUMMARY_FIELDS}
+    if first.tags is not None:  # a tagger stage: its tags and scores ({stages.NAME.rating}, ...)
+        out["tags"] = first.tags
     variant = recipe_meta(first).get("variant")
     if variant is not None:
         out["variant"] = variant
@@ -142,4 +144,7 @@ def joined(ids: Iterator[str], stages: dict[str, Outputs], output: str) -> Itera
         first = records[0]
         meta = {k: v for k, v in first.meta.items() if not k.startswith("recipe") and k not in ("path", "row")}
         captions = summaries.get(output, {}).get("captions")
-        yield Record(**{**first.to_dict(), "id": item_id, "meta": meta, "stages": summaries, "captions": captions})
+        # the record's tags: the output stage's, else the first tagger stage's (sidecar `tags`, embedded keywords)
+        tags = first.tags or next((s["tags"] for s in summaries.values() if s.get("tags")), None)
+        fields = {**first.to_dict(), "id": item_id, "meta": meta, "stages": summaries, "captions": captions}
+        yield Record(**{**fields, "tags": tags})

@@ -73,8 +73,10 @@ class RecipeRunner:
             captioner = self._captioner(stage)
             reads = {name: plans[name].identity_hash for name in stage.reads()}
             uses_meta = any(v.kind == "meta" for _, t in stage.templates() for v in t.variables)
+            exclude: dict[str, Any] = {"batch_size": True, "engine_options": True, "scaffold": True}
+            exclude["tagger"] = {"batch_size"} if stage.tagger is not None else True  # unchanged without one
             identity = {
-                "stage": stage.model_dump(mode="json", exclude={"batch_size", "engine_options", "scaffold"}),
+                "stage": stage.model_dump(mode="json", exclude=exclude),
                 "captioner": captioner.settings(),
                 "reads": reads,
                 **({"variants": [v.name for v in variants(stage.prompt_set)]} if stage.prompt_set else {}),
@@ -91,6 +93,10 @@ class RecipeRunner:
         from capmill.models.resolve import resolve_profile
 
         where = f"stage {stage.name!r}"
+        if stage.tagger is not None:
+            from capmill.taggers.captioner import tagger_captioner
+
+            return tagger_captioner(stage.tagger, where)
         try:
             profile = resolve_profile(stage.model or "", stage.profile)
             if stage.system is not None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from capmill.errors import ConfigError
 from capmill.recipes.template import Template
+from capmill.taggers.wd import TAG_FIELDS, TaggerOptions
 
 STAGE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 
@@ -91,7 +92,8 @@ class PromptSet(BaseModel):
 
 
 class Stage(BaseModel):
-    """One stage: a model, profile and engine, a prompt template (or prompt set), decoding and constraints."""
+    """One stage: a model, profile and engine, a prompt template (or prompt set), decoding and constraints; or
+    an image tagger (`tagger`: a WD-format ONNX tagger and its options, no language model and no prompt)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,6 +111,12 @@ class Stage(BaseModel):
     constrained: bool = False  # structured profiles: hold the output to its tool call
     constraints: Constraints | None = None
     batch_size: int = Field(8, ge=1)
+    tagger: TaggerOptions | None = None
+
+    @field_validator("tagger", mode="before")
+    @classmethod
+    def _tagger_shorthand(cls, value: Any) -> Any:
+        return {"model": value} if isinstance(value, str) else value  # `tagger: MODEL`, as `--tagger MODEL`
 
     def templates(self) -> list[tuple[str, Template]]:
         """(field, parsed template) of every template of this stage."""
@@ -197,6 +205,10 @@ class Recipe(BaseModel):
                         f"stage {stage.name!r}, field {field!r}: reads stage {read!r}, which runs after it "
                         "(stages run in the order listed)"
                     )
+                if self.stages[position[read]].tagger is not None:
+                    _check_tag_fields(stage, read)
+            if stage.tagger is not None:
+                stage = _checked_tagger(stage, base)
             if stage.mode == "text" and stage.prompt is None and stage.prompt_set is None:
                 raise ConfigError(f"stage {stage.name!r}, field 'prompt': a text stage needs a prompt template")
             if stage.prompt is not None and stage.prompt_set is not None:
@@ -246,6 +258,44 @@ def _check_constraints(stage: Stage) -> None:
     c = stage.constraints
     if c is not None and c.tags is not None and c.max_words is not None:
         raise ConfigError(f"{where}: 'tags' and 'max_words' are two different forms; choose one")
+
+
+# the fields a tagger stage may set: everything else is about a language model
+TAGGER_STAGE_FIELDS = frozenset({"name", "tagger", "batch_size"})
+TAGGER_READ_FIELDS = (*TAG_FIELDS, "caption", "status", "error", "notes", "model", "profile", "engine")
+
+
+def _checked_tagger(stage: Stage, base: Path) -> Stage:
+    """A tagger stage sets only its name, its tagger and a batch size; its model path is relative to the recipe."""
+    extra = sorted(stage.model_fields_set - TAGGER_STAGE_FIELDS)
+    if extra:
+        raise ConfigError(
+            f"stage {stage.name!r}, field {extra[0]!r}: a tagger stage has no language model, so no "
+            f"{extra[0]}; it takes only {', '.join(sorted(TAGGER_STAGE_FIELDS))} (the tagger's options go under "
+            "'tagger')"
+        )
+    assert stage.tagger is not None
+    model = stage.tagger.model
+    if not model.strip():
+        raise ConfigError(f"stage {stage.name!r}, field 'tagger.model': give a tagger folder or hub id")
+    local = Path(model) if os.path.isabs(model) else base / model
+    if local.is_dir():
+        tagger = stage.tagger.model_copy(update={"model": str(local.resolve())})
+        return stage.model_copy(update={"tagger": tagger})
+    return stage
+
+
+def _check_tag_fields(stage: Stage, tagger_stage: str) -> None:
+    """`{stages.TAGS.FIELD}` of a tagger stage names one of its fields (it has no structured output)."""
+    for field, template in stage.templates():
+        for var in template.variables:
+            if var.kind != "stage" or var.name != tagger_stage or not var.path:
+                continue
+            if len(var.path) > 1 or var.path[0] not in TAGGER_READ_FIELDS:
+                raise ConfigError(
+                    f"stage {stage.name!r}, field {field!r}: {{{var.text}}}: stage {tagger_stage!r} is a tagger; "
+                    f"its fields are {', '.join(TAG_FIELDS)} (or {{stages.{tagger_stage}}}: the tags comma-joined)"
+                )
 
 
 def _check_cycles(graph: dict[str, list[str]]) -> None:

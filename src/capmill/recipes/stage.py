@@ -74,8 +74,10 @@ class StageCaptioner:
     def settings(self) -> dict[str, Any]:
         return {**self.inner.settings(), "recipe_stage": self.identity}
 
-    def preparer(self) -> TemplatedBuilder:
+    def preparer(self) -> Any:
         base = self.inner.preparer()
+        if not isinstance(base, RequestBuilder):  # a tagger stage: no prompt to put in
+            return base
         fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
         if self.constraint is not None:
             fields["constraint"] = self.constraint

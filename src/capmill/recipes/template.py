@@ -113,12 +113,24 @@ def _value(var: Variable, context: dict[str, Any]) -> str:
         if output.get("caption") is None:
             raise MissingValue(var.text, f"stage {var.name!r} has no caption for this item")
         return str(output["caption"])
-    node: Any = output if var.path[0] in output and var.path[0] != "structured" else output.get("structured") or {}
+    node: Any = _fields(output, var.path[0])
     for key in var.path:
         if not isinstance(node, dict) or key not in node:
             raise MissingValue(var.text, f"stage {var.name!r} output has no field {'.'.join(var.path)!r}")
         node = node[key]
     return as_text(node)
+
+
+def _fields(output: dict[str, Any], name: str) -> dict[str, Any]:
+    """Where `{stages.NAME.FIELD}` is looked up: a tagger's tags (`tags`, `rating`, `characters`, `general`), the
+    stage's result (`caption`, `status`, ...), else its structured output."""
+    from capmill.taggers.wd import TAG_FIELDS, tag_fields
+
+    if name in TAG_FIELDS and isinstance(output.get("tags"), dict):
+        return tag_fields(output["tags"])
+    if name in output and name != "structured":
+        return output
+    return output.get("structured") or {}
 
 
 def as_text(value: Any) -> str:

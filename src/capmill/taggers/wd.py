@@ -10,6 +10,7 @@ capmill adds a blacklist, a maximum count of general tags, optional rating tag a
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ KAOMOJIS = frozenset(
     "0_0 (o)_(o) +_+ +_- ._. <o>_<o> <|>_<|> =_= >_< 3_3 6_9 >_o @_@ ^_^ o_o u_u x_x |_| ||_||".split()
 )
 RATING, GENERAL, CHARACTER = 9, 0, 4
+# what a recipe template reads of a tagger's output: {stages.NAME.FIELD}
+TAG_FIELDS = ("tags", "rating", "characters", "general")
+SAMPLE = 1 << 20  # bytes of model.onnx hashed at its start, middle and end (see fingerprint)
 
 
 class TaggerOptions(BaseModel):
@@ -59,6 +63,37 @@ class Tags:
             "general": self.general,
             "character": self.character,
         }
+
+
+def tag_fields(tags: dict[str, Any]) -> dict[str, Any]:
+    """A record's `tags` as templates read them: the ordered tags, the rating, character and general tag names."""
+    return {
+        "tags": list(tags.get("tags") or []),
+        "rating": tags.get("rating") or "",
+        "characters": list(tags.get("character") or {}),
+        "general": list(tags.get("general") or {}),
+    }
+
+
+def tagger_identity(model: str) -> dict[str, str]:
+    """{"model": absolute folder or hub id, "fingerprint": ...}: what identifies a tagger's outputs. Reads the files
+    (a hub id's are downloaded once, as loading would), loads no model; ModelLoadError when they are not there."""
+    onnx_file, csv_file = _files(model)
+    name = str(Path(model).resolve()) if Path(model).is_dir() else model
+    return {"model": name, "fingerprint": fingerprint(onnx_file, csv_file)}
+
+
+def fingerprint(onnx_file: Path, csv_file: Path) -> str:
+    """sha256 (16 hex) of the tag list, the model's size and 1 MiB of it at its start, middle and end: a retrained
+    tagger of the same architecture (same size) differs there, and a 300 MB model is not read whole on each run."""
+    digest = hashlib.sha256(csv_file.read_bytes())
+    size = onnx_file.stat().st_size
+    digest.update(f"\0{size}\0".encode())
+    with open(onnx_file, "rb") as handle:
+        for offset in sorted({0, max(0, size // 2 - SAMPLE // 2), max(0, size - SAMPLE)}):
+            handle.seek(offset)
+            digest.update(handle.read(SAMPLE))
+    return digest.hexdigest()[:16]
 
 
 def _files(model: str) -> tuple[Path, Path]:
