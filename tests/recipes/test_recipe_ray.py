@@ -57,13 +57,14 @@ def _recipe(tiny_model, metadata: Path, rewrite_twice: bool = False) -> dict:
             "decoding": {"max_new_tokens": 5},
         },
     ]
-    if rewrite_twice:
+    if rewrite_twice:  # a text stage with a prompt set: two captions per input, ids "ID#STYLE"
+        styles = {"terse": "Tersely: {stages.short}", "plain": "Plainly: {stages.short}"}
         stages.append(
             {
                 "name": "shorter",
                 "model": model,
                 "mode": "text",
-                "prompt": "Again: {stages.short}",
+                "prompt_set": {"choose": "all", "styles": styles},
                 "decoding": {"max_new_tokens": 3},
             }
         )
@@ -101,7 +102,7 @@ def test_side_by_side_is_local_only(tmp_path, tiny_model, coco_photos):
 
 
 @pytest.mark.slow
-def test_two_stage_recipe_on_ray_matches_local_and_resumes(tiny_model, coco_photos, tmp_path, monkeypatch):
+def test_two_stage_recipe_on_ray_matches_local_and_resumes(tiny_model, coco_photos, tmp_path, monkeypatch, capsys):
     """Image caption -> text rewrite through the CLI: one local Ray cluster for both stages (gone when the command
     ends), the local runner's stage records, identities and joined records; a rerun does no work and starts no
     cluster; an added stage runs alone."""
@@ -130,8 +131,13 @@ def test_two_stage_recipe_on_ray_matches_local_and_resumes(tiny_model, coco_phot
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text(yaml.safe_dump(_recipe(tiny_model, metadata)))
     cli = ["caption", str(folder), "--recipe", str(recipe_file), "--runner", "ray", "--quiet", "--workers", "0"]
-    assert main([*cli, "--run-dir", remote]) == 0
-    assert starts == [None] and not ray.is_initialized()  # one new local cluster for both stages, then shut down
+    # --actors reaches every stage's Ray runner: two model actors leave no CPU of two for the read tasks
+    assert main([*cli, "--run-dir", remote, "--actors", "2"]) == 2
+    assert "no room for the read tasks" in capsys.readouterr().err
+    assert starts == [None] and not ray.is_initialized()  # the cluster is shut down after a failed stage too
+
+    assert main([*cli, "--run-dir", remote, "--actors", "1"]) == 0
+    assert starts == [None, None] and not ray.is_initialized()  # one new local cluster for both stages
 
     want, got = _rows(read_records(local)), _rows(read_records(remote))
     assert got == want  # field by field, every stage's output included (timings aside)
@@ -155,15 +161,18 @@ def test_two_stage_recipe_on_ray_matches_local_and_resumes(tiny_model, coco_phot
     assert _captioned(again) == {"detailed": 0, "short": 0}
     assert again["stages"]["detailed"]["session"]["skipped_done"] == 6
     assert _rows(read_records(remote)) == got
-    assert starts == [None]  # nothing to do: no cluster started
+    assert len(starts) == 2  # nothing to do: no cluster started
 
     grown = Recipe.from_dict(_recipe(tiny_model, metadata, rewrite_twice=True))
     summary = grown.run([str(folder)], remote, runner="ray", progress=False)  # a stage added: only it runs
-    captioned = _captioned(summary)
-    assert (captioned["detailed"], captioned["short"]) == (0, 0) and captioned["shorter"] >= 1
-    records = [r for r in read_records(remote) if not r.id.endswith("broken.jpg")]
-    assert len(records) == 5 and len(starts) == 2
-    assert all(
-        r.caption == r.stages["shorter"]["caption"] and set(r.stages) == {"detailed", "short", "shorter"}
-        for r in records
-    )
+    sessions = {name: s["session"] for name, s in summary["stages"].items()}
+    assert [sessions[n]["captioned"] for n in ("detailed", "short")] == [0, 0]
+    assert sessions["shorter"]["inputs_seen"] == 10 and sessions["shorter"]["runner"] == "ray"  # 5 inputs x 2 styles
+    assert len(starts) == 3
+    grown.run([str(folder)], local, progress=False)
+    got = _rows(read_records(remote))
+    assert got == _rows(read_records(local)) and _stage_rows(remote, "shorter") == _stage_rows(local, "shorter")
+    for row in got:
+        if not row["id"].endswith("broken.jpg"):
+            assert set(row["stages"]) == {"detailed", "short", "shorter"} and set(row["captions"]) == {"terse", "plain"}
+            assert row["caption"] == row["stages"]["shorter"]["caption"] == row["captions"]["terse"]
