@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from capmill.errors import ConfigError
+from capmill.errors import ConfigError, UnknownNameError
 from capmill.recipes import Recipe
 from capmill.run.runfolder import read_records, read_shard
 
@@ -19,11 +19,11 @@ pytestmark = pytest.mark.ray
 
 
 def _photos(tmp_path: Path, coco_photos: list[Path]) -> Path:
-    """Three photos of other sizes, a copy of the first (same tags: a copy), a copy with other tags (its own
-    caption), and a zero-byte file (an error record)."""
+    """Three photos (640x428 landscape, 612x612 square, 480x640 portrait), a copy of the first (same tags: a copy),
+    a copy with other tags (its own caption), and a zero-byte file (an error record)."""
     folder = tmp_path / "photos"
     folder.mkdir()
-    for photo in coco_photos[:3]:
+    for photo in (coco_photos[0], coco_photos[2], coco_photos[3]):
         shutil.copy(photo, folder / photo.name)
     shutil.copy(coco_photos[0], folder / "same-tags.jpg")
     shutil.copy(coco_photos[0], folder / "other-tags.jpg")
@@ -93,11 +93,13 @@ def _captioned(summary: dict) -> dict[str, int]:
     return {name: s["session"]["captioned"] for name, s in summary["stages"].items()}
 
 
-def test_side_by_side_is_local_only(tmp_path, tiny_model, coco_photos):
+def test_side_by_side_is_local_only_and_runner_names_are_checked(tmp_path, tiny_model, coco_photos):
     folder = _photos(tmp_path, coco_photos)
     spec = {**_recipe(tiny_model, _metadata(tmp_path, folder, coco_photos[0].name)), "side_by_side": True}
     with pytest.raises(ConfigError, match="side by side.*side_by_side: false"):
         Recipe.from_dict(spec).run([str(folder)], str(tmp_path / "run"), runner="ray", progress=False)
+    with pytest.raises(UnknownNameError, match="nope"):
+        Recipe.from_dict(spec).run([str(folder)], str(tmp_path / "run"), runner="nope", progress=False)
     assert not (tmp_path / "run" / "stages").exists()  # refused before any stage folder or model
 
 
