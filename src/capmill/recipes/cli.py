@@ -23,8 +23,8 @@ def run_recipe(args: argparse.Namespace) -> int:
     from capmill.run.pipeline import PipelineOptions
 
     given = [f"--{f.replace('_', '-')}" for f in STAGE_FLAGS if getattr(args, f, None) is not None]
-    if given or getattr(args, "constrained", False) or getattr(args, "devices", None) or args.runner != "local":
-        extra = given or ["--constrained/--devices/--runner"]
+    if given or getattr(args, "constrained", False) or getattr(args, "devices", None):
+        extra = given or ["--constrained/--devices"]
         raise ConfigError(f"--recipe sets the model, prompt and decoding per stage; drop {', '.join(extra)}")
     recipe = Recipe.load(args.recipe)
     source = SourceOptions(
@@ -64,6 +64,12 @@ def run_recipe(args: argparse.Namespace) -> int:
         sidecar=sidecar,
         progress=False if args.quiet else None,
         workers=args.workers,
+        runner=args.runner,  # each stage runs on it (capmill.run.RUNNERS), one stage after another
+        runner_options={
+            k: v
+            for k, v in (("address", getattr(args, "address", None)), ("actors", getattr(args, "actors", None)))
+            if v
+        },
     )
     try:
         summary = runner.run()

@@ -55,6 +55,8 @@ class RecipeRunner:
     progress: bool | None = None
     workers: int | None = None  # None: 0 for a model on this machine's CPU, else cores - 1 (as `capmill caption`)
     side_by_side: bool | None = None  # None: as the recipe says
+    runner: str = "local"  # a name in capmill.run.RUNNERS: what runs each stage's sub-run
+    runner_options: dict[str, Any] = field(default_factory=dict)  # that runner's knobs (Ray: address, actors)
 
     def __post_init__(self) -> None:
         if self.fmt not in FINAL_FORMATS:
@@ -126,6 +128,7 @@ class RecipeRunner:
         plans = self.plan()
         os.makedirs(self.run_dir, exist_ok=True)
         side_by_side = self.side_by_side if self.side_by_side is not None else self.recipe.side_by_side
+        self._check_runner(side_by_side)
         jobs = []
         for plan in plans:
             self._claim(plan)
@@ -158,18 +161,36 @@ class RecipeRunner:
             source=self.source,
             pipeline=_stage_pipeline(self.pipeline, plan.stage, workers, side_by_side),
             progress=False if side_by_side and not last else self.progress,  # one progress display at a time
+            runner_options=self.runner_options,
         )
 
-    def _one_by_one(self, plans: list[StagePlan], jobs: list[Any]) -> dict[str, Any]:
-        """One stage after another: one model in memory at a time (each is freed when its stage ends)."""
-        from capmill.run.local import LocalRunner
+    def _check_runner(self, side_by_side: bool) -> None:
+        """The runner exists, and can run the stages the way asked; before any stage folder or model."""
+        from capmill.run import RUNNERS
 
+        runner_cls = RUNNERS.get(self.runner)
+        if side_by_side and not getattr(runner_cls, "in_process", True):
+            raise ConfigError(
+                f"--runner {self.runner}: stages side by side share this process (each stage's records stream to "
+                f"the next through it), which this runner does not run in; set 'side_by_side: false' in the recipe"
+            )
+
+    def _one_by_one(self, plans: list[StagePlan], jobs: list[Any]) -> dict[str, Any]:
+        """One stage after another: one model in memory at a time (each is freed when its stage ends), each stage
+        a run of the chosen runner; a runner with a `session` (Ray: one cluster) keeps it across the stages."""
+        import contextlib
+
+        from capmill.run import RUNNERS
+
+        runner_cls = RUNNERS.get(self.runner)
+        session = getattr(runner_cls, "session", None)
         summaries = {}
-        for plan, job in zip(plans, jobs, strict=True):
-            summaries[plan.stage.name] = LocalRunner(job).run()
-            index = Outputs(plan.folder)  # the next stages look its outputs up here
-            index.refresh()
-            index.close()
+        with session() if session is not None else contextlib.nullcontext():
+            for plan, job in zip(plans, jobs, strict=True):
+                summaries[plan.stage.name] = runner_cls(job).run()
+                index = Outputs(plan.folder)  # the next stages look its outputs up here
+                index.refresh()
+                index.close()
         return summaries
 
     def _side_by_side(self, plans: list[StagePlan], jobs: list[Any]) -> dict[str, Any]:

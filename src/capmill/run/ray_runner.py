@@ -14,10 +14,12 @@ driver gives every copy its record. See docs/scale-out.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +49,9 @@ class RayRunner:
     """Runs a CaptionJob on Ray; returns the summary (also written to `<run_dir>/summary.json`)."""
 
     name = "ray"
+    in_process = False  # models live in actors: a recipe cannot run its stages side by side in this process
+    _held = 0  # open sessions (see `session`)
+    _cluster_to_stop = False  # a session keeps a local cluster one of its runs started
 
     def __init__(self, job: Any):
         self.job = job
@@ -84,7 +89,9 @@ class RayRunner:
                     stats.phase = "captioning"
                     self._caption(ray, listing, out, writer, options)
                 finally:
-                    if started_here:
+                    if started_here and RayRunner._held:
+                        RayRunner._cluster_to_stop = True  # the next run of the session joins it
+                    elif started_here:
                         ray.shutdown()
             writer.finish()
             out.commit()
@@ -112,6 +119,20 @@ class RayRunner:
         if verdict:
             raise ErrorRateError(verdict)
         return summary
+
+    @staticmethod
+    @contextlib.contextmanager
+    def session() -> Iterator[None]:
+        """Runs one after another (a recipe's stages) share one cluster: a local cluster the first run with work
+        starts stays up until the session ends (a run with nothing to do still starts none)."""
+        RayRunner._held += 1
+        try:
+            yield
+        finally:
+            RayRunner._held -= 1
+            if not RayRunner._held and RayRunner._cluster_to_stop:
+                RayRunner._cluster_to_stop = False
+                _import_ray().shutdown()
 
     def _caption(self, ray: Any, listing: str, out: Any, writer: _Writer, options: Any) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -2,10 +2,14 @@
 
 Rows travel through the Ray Dataset as Arrow tables with fixed schemas (so all-null columns keep their types);
 records travel back as JSON, written by the driver (capmill.run.ray_runner) exactly as the local runner would.
+An Item subclass (a recipe stage's item, whose content key covers its prompt) travels as its class and extra
+fields, so the cluster hashes it as the local runner does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import time
 from typing import Any
@@ -158,11 +162,30 @@ def row_of(i: int, item: Item) -> dict[str, Any]:
         "hash": item._hash,
         "error": None,
         "reason": None,
+        "item_type": _item_type(item),
     }
 
 
+def _item_type(item: Item) -> str | None:
+    """An Item subclass as JSON: its "module:class" and the fields it adds (None for a plain Item)."""
+    cls = type(item)
+    if cls is Item:
+        return None
+    base = {f.name for f in dataclasses.fields(Item)}
+    extra = {f.name: getattr(item, f.name) for f in dataclasses.fields(item) if f.name not in base}
+    return json.dumps({"class": f"{cls.__module__}:{cls.__qualname__}", "fields": extra})
+
+
 def _item_of(row: dict[str, Any]) -> Item:
-    return Item(
+    cls: type[Item] = Item
+    extra: dict[str, Any] = {}
+    if row.get("item_type"):
+        spec = json.loads(row["item_type"])
+        module, _, name = spec["class"].partition(":")
+        cls, extra = getattr(importlib.import_module(module), name), spec["fields"]
+        if not (isinstance(cls, type) and issubclass(cls, Item)):
+            raise TypeError(f"{spec['class']} is not an Item")
+    return cls(
         id=row["id"],
         source=row["source"],
         kind=row["kind"],
@@ -170,6 +193,7 @@ def _item_of(row: dict[str, Any]) -> Item:
         text=row["text"],
         meta=json.loads(row["meta"]) if row["meta"] else {},
         _hash=row["hash"],
+        **extra,
     )
 
 
@@ -205,6 +229,7 @@ def item_schema() -> Any:
             ("hash", pa.string()),
             ("error", pa.string()),
             ("reason", pa.string()),
+            ("item_type", pa.string()),
         ]
     )
 
