@@ -14,7 +14,9 @@ The language is finite, so decoding always ends within the limit. The grammar is
 engine's own token budget may cut (no steering near ``max_new_tokens``: an output the token budget stops is
 what the model wrote, and the gate's `truncated` check sees it as it would an unconstrained one). Words are not
 tokens: the gate counts every caption with the target tokenizer afterwards, and one still over the budget is
-rewritten (asked again with a word limit in the prompt, without the grammar).
+rewritten (asked again with a word limit in the prompt, without the grammar). The last retry of a caption still
+over the budget is held to a character limit that cannot exceed it (`character_limit_grammar`): a short
+caption in printable ASCII that ends at a sentence end, written by the model, never cut.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def word_limit_grammar(max_words: int) -> str:
         lines[2] = "start: SHORT | LONG"
         lines.append(rf"LONG: /{head}({_SEPARATOR}{word}){{{free - 1},{max_words - 2}}}{_SEPARATOR}{last}/")
     return "\n".join(lines) + "\n"
+
+
+def character_limit_grammar(max_chars: int) -> str:
+    """The Lark grammar of a caption of at most ``max_chars`` printable ASCII characters (spaces included),
+    starting with a non-blank and ending at a sentence end: a bound no tokenizer whose tokens each cover at least
+    one character (CLIP's byte-level BPE; a SentencePiece model adds at most one word-start piece) can exceed."""
+    body = max(0, max_chars - 2)
+    lines = [TEXT_FORM, CUT_ANYWHERE, "start: BODY", rf"BODY: /[!-~]([ !-~]{{0,{body}}})?[.!?]/"]
+    return "\n".join(lines) + "\n"
+
+
+def strict_budget_constraint(budget: Budget, special_tokens: int) -> dict[str, Any]:
+    """The last retry's constraint for a caption still over its budget: as many characters as the budget has
+    tokens, less the encoder's special tokens and one (a SentencePiece word-start piece)."""
+    return {"grammar": character_limit_grammar(max(2, budget.limit - special_tokens - 1))}
 
 
 def budget_constraint(budget: Budget) -> dict[str, Any]:

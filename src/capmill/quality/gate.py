@@ -50,12 +50,14 @@ class Gate:
         self.counter: Any = None
         self.budget_method = budget_method  # constrain | rewrite, resolved for the run's captioner
         self.budget_constraint: dict[str, Any] | None = None
+        self.strict_constraint: dict[str, Any] | None = None
         if policy.budget is not None:
             from capmill.eval.lengths import budget_encoder
-            from capmill.quality.budget_decoding import budget_constraint
+            from capmill.quality.budget_decoding import budget_constraint, strict_budget_constraint
 
             self.counter = budget_encoder(f"{policy.budget.encoder}:{policy.budget.limit}")
             self.budget_constraint = budget_constraint(policy.budget)
+            self.strict_constraint = strict_budget_constraint(policy.budget, self.counter.count(""))
 
     def prepare(self, request: Request, attempt: int | None = None) -> Request:
         """The request as the engine should get it: asking to stop repetition loops during decoding and, with the
@@ -189,14 +191,18 @@ class Gate:
                     hinted.add(i)
                 if request.constraint is not None and request.constraint == self.budget_constraint:
                     request = dataclasses.replace(request, constraint=None)
+                    if number == len(self.policy.retries()) - 1:  # the last retry: a limit it cannot exceed
+                        request = dataclasses.replace(request, constraint=self.strict_constraint)
             out.append(request)
         return out, ready, hinted
 
     def _method_of(self, request: Request, hinted: bool) -> str:
-        """How an attempt kept to the budget: constrain (the budget grammar), rewrite (the word limit in the
-        prompt) or none (neither: the caption was only counted)."""
+        """How an attempt kept to the budget: constrain (the word-limit grammar), rewrite (the word limit in the
+        prompt), both with the character-limit grammar (the last retry), or none (the caption was only counted)."""
         if self.budget_constraint is not None and request.constraint == self.budget_constraint:
             return "constrain"
+        if self.strict_constraint is not None and request.constraint == self.strict_constraint:
+            return "characters"
         return "rewrite" if hinted else "none"
 
     def check(
