@@ -139,5 +139,10 @@ def test_the_retry_model_is_checked_before_any_model_loads(models, tiny_model):
         with pytest.raises(ConfigError, match=r"attempts\[0\]\.model") as err:
             GatedCaptioner(gate=policy, **_kwargs(qwen, QWEN_PROFILE))
         assert said in str(err.value)
+    # two attempts naming the same model share one captioner (one load); nothing has loaded yet
+    same = GatePolicy(attempts=[Attempt(model=blip2), Attempt(model=blip2, temperature=0.7)], max_attempts=3)
+    gated = GatedCaptioner(gate=same, **_kwargs(qwen, QWEN_PROFILE))
+    assert gated.retry_models.captioners[0] is gated.retry_models.captioners[1]
+    assert gated._engine is None and gated.retry_models.captioners[0]._engine is None
     with pytest.raises(ConfigError, match="go with a model"):
         GatePolicy(attempts=[Attempt(profile=BLIP2_PROFILE)]).check_config()

@@ -100,7 +100,7 @@ class GatedCaptioner(Captioner):
         return generations
 
     def _tag(self, requests: list[Request], generations: list[Generation]) -> list[Generation]:
-        from capmill.quality.gate import request_image
+        from capmill.quality.requests import request_image
 
         todo = [k for k, r in enumerate(requests) if request_image(r) is not None]
         if not todo:

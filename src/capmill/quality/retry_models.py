@@ -120,7 +120,7 @@ class RetryModels:
         """The retry model's own request for the item behind `request`; InputError when it cannot take it."""
         item = getattr(request, "source_item", None)
         if item is None:  # built without its input kept: the image as the first model saw it
-            from capmill.quality.gate import request_image
+            from capmill.quality.requests import request_image
 
             item = Item(id=request.item_id, source=request.item_id, kind="image", image=request_image(request))
         return self.captioners[index].prepare(item)
