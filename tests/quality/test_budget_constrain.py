@@ -130,3 +130,34 @@ def test_cli_budget_method(qwen, coco_photos, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--budget-method", "constrain", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "--budget-method goes with --budget" in capsys.readouterr().err
+
+
+def test_a_constrained_try_that_errors_is_retried_without_the_grammar():
+    """Plumbing only (a scripted engine): a server that refuses the grammar errors; the retry goes without it."""
+    from PIL import Image
+
+    from capmill.quality.gate import Gate
+    from capmill.records import Decoding, Generation, Request
+
+    seen: list[list[bool]] = []
+
+    def refuses_grammars(requests):
+        seen.append([r.constraint is not None for r in requests])
+        return [
+            Generation(text="", finish_reason="error", error="400: unknown field structured_outputs")
+            if r.constraint
+            else Generation(text="A dog on a lawn.", completion_tokens=6)
+            for r in requests
+        ]
+
+    policy = budget_only_policy(Budget(encoder="clip", limit=77, method="constrain"))
+    gate = Gate(policy, budget_method="constrain")
+    image = Image.new("RGB", (32, 24))
+    request = Request(
+        item_id="a", messages=[{"role": "user", "content": "Describe."}], decoding=Decoding(), images=[image]
+    )
+    (out,) = gate.run([request], refuses_grammars)
+    assert seen == [[True], [False]]
+    first, second = out.quality["attempts"]
+    assert first["reasons"] == ["error"] and first["budget_method"] == "constrain"
+    assert second["reasons"] == [] and second["budget_method"] == "none" and out.quality["passed"]

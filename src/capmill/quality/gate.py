@@ -187,6 +187,8 @@ class Gate:
                     ready[i] = Generation(text="", finish_reason="error", error=str(exc), retryable=False)
             over = budget is not None and "over_budget" in history[i][-1]["reasons"]
             request = apply_attempt(base, attempt, hint=budget.hint() if over and budget else None)
+            if "error" in history[i][-1]["reasons"] and history[i][-1].get("budget_method") == "constrain":
+                request = dataclasses.replace(request, constraint=None)  # a server that refuses the grammar
             if over:
                 if request_image(request) is not None:
                     hinted.add(i)
