@@ -7,7 +7,7 @@ scorer: {model: openai/clip-vit-base-patch32, device: cpu, batch_size: 32}
 attempts:            # retries in order, each a change to the item's request
   - {do_sample: true, temperature: 0.7, repetition_penalty: 1.15, seed: 1}
   - {prompt: "Describe this photo in two sentences.", max_new_tokens_factor: 2}
-  - {model: Qwen/Qwen2.5-VL-7B-Instruct, profile: qwen2.5-vl}   # another model, loaded only when needed
+  - {model: internlm/CapRL-3B, profile: caprl-3b}   # another model, loaded only when an item needs it
 max_attempts: 3      # the first try included
 on_fail: keep        # keep | invalid: what a caption that fails every attempt becomes
 stop_repetition: true
