@@ -2,10 +2,13 @@
 
 `Gate.run(requests, generate)` wraps one engine batch: it generates, checks each output (empty, repetition
 loop, refusal, truncation, invalid structured output, wrong language, image-text score under a threshold),
-sends the failing items back through `generate` together with the next attempt's changes (prompt, sampling,
-token budget), up to the policy's `max_attempts`, and returns one Generation per request: the first attempt that
-passed, or the one with the fewest problems. `Generation.quality` holds the verdict and every attempt with its
-reasons; the record carries it as `quality`. The item is still one record: the ledger sees it exactly once.
+over a text encoder's token budget), sends the failing items back through `generate` together with the next
+attempt's changes (prompt, sampling, token budget), or to another model's captioner when the attempt names one
+(capmill.quality.retry_models), up to the policy's `max_attempts`, and returns one Generation per request: the
+first attempt that passed, or the one with the fewest problems. `Generation.quality` holds the verdict and every
+attempt with its reasons and model; the record carries it as `quality`. The item is still one record: the ledger
+sees it exactly once. With the constrain budget method, requests carry the budget's word-limit grammar
+(capmill.quality.budget_decoding).
 """
 
 from __future__ import annotations
