@@ -146,3 +146,17 @@ def test_the_retry_model_is_checked_before_any_model_loads(models, tiny_model):
     assert gated._engine is None and gated.retry_models.captioners[0]._engine is None
     with pytest.raises(ConfigError, match="go with a model"):
         GatePolicy(attempts=[Attempt(profile=BLIP2_PROFILE)]).check_config()
+
+
+def test_cli_a_bad_retry_model_fails_before_any_work(models, coco_photos, tmp_path, capsys):
+    from capmill.cli.main import main
+
+    qwen, blip2 = models
+    gate = tmp_path / "gate.yaml"
+    gate.write_text(f"attempts:\n  - {{model: {blip2}, profile: no-such-profile}}\nmax_attempts: 2\n")
+    run_dir = tmp_path / "run"
+    args = ["caption", str(coco_photos[0]), "--model", qwen, "--profile", QWEN_PROFILE, "--gate", str(gate)]
+    assert main([*args, "--run-dir", str(run_dir), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "attempts[0].model" in err and "no-such-profile" in err
+    assert not list(run_dir.glob("records/*"))  # nothing was captioned
