@@ -19,7 +19,7 @@ def _clip_tokens(text: str) -> int:
 
 def test_budget_counts_retries_with_a_word_limit_and_never_cuts(tiny_model, coco_photos):
     qwen = tiny_model("qwen2_vl")
-    budget = Budget(encoder="clip", limit=16)
+    budget = Budget(encoder="clip", limit=16, method="rewrite")
     kwargs = {"model": str(qwen), "profile": "inkscope-2b", "decoding": {"max_new_tokens": 12}, "batch_size": 4}
     with GatedCaptioner(gate=budget_only_policy(budget), **kwargs) as captioner:
         records = captioner.caption([str(p) for p in coco_photos[:4]])
@@ -32,7 +32,8 @@ def test_budget_counts_retries_with_a_word_limit_and_never_cuts(tiny_model, coco
             assert ("over_budget" in entry["reasons"]) == (entry["budget_tokens"] > 16)
         kept = attempts[quality["attempt"]]
         assert record.raw == kept["text"]  # the model's own text, whole
-        assert quality["budget"] == {"encoder": "clip", "limit": 16, "tokens": kept["budget_tokens"]}
+        method = "rewrite" if quality["attempt"] else "none"
+        assert quality["budget"] == {"encoder": "clip", "limit": 16, "tokens": kept["budget_tokens"], "method": method}
         if attempts[0]["reasons"]:
             over += 1
             assert attempts[1]["change"] == "same request + word limit"

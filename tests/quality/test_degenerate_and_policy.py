@@ -7,8 +7,8 @@ from PIL import Image
 
 from capmill.errors import ConfigError
 from capmill.quality.degenerate import is_loop, is_refusal, wrong_language
-from capmill.quality.gate import apply_attempt, with_prompt
 from capmill.quality.policy import Attempt, GatePolicy, load_policy
+from capmill.quality.requests import apply_attempt, with_prompt
 from capmill.records import Decoding, Request
 
 PHOTO = Image.new("RGB", (8, 8))

@@ -132,8 +132,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--budget",
         metavar="ENCODER:TOKENS",
-        help="keep captions within a text encoder's tokens (clip:77, t5:512, or TOKENIZER:N): one over it is "
-        "asked for again with a word limit, never cut; the record says its token count",
+        help="keep captions within a text encoder's tokens (clip:77, t5:512, or TOKENIZER:N), never cut; the "
+        "record says its token count and method",
+    )
+    q.add_argument(
+        "--budget-method",
+        choices=("auto", "constrain", "rewrite"),
+        help="constrain: a word-limit grammar keeps the first try within --budget (then counted; one still over is "
+        "rewritten); rewrite: a caption over it is asked for again with a word limit in the prompt; auto "
+        "(default): constrain where the engine can and the output is free text, else rewrite",
     )
     q.add_argument(
         "--embed",
@@ -330,10 +337,11 @@ def _run(args: argparse.Namespace) -> int:
     if getattr(args, "devices", None) and args.runner != "local":
         raise ConfigError(f"--devices is for the local runner; --runner {args.runner} places its own engines")
     make = make_captioner
-    if getattr(args, "gate", None) or getattr(args, "tagger", None) or getattr(args, "budget", None):
+    quality_flags = ("gate", "tagger", "budget", "budget_method")
+    if any(getattr(args, flag, None) for flag in quality_flags):
         from capmill.quality.gated import captioner_maker
 
-        make = captioner_maker(args.gate, args.tagger, args.budget)
+        make = captioner_maker(args.gate, args.tagger, args.budget, getattr(args, "budget_method", None))
     factory, n_devices = captioner_factory(kwargs, getattr(args, "devices", None), make)
     job = CaptionJob(
         inputs=list(args.inputs),

@@ -17,8 +17,10 @@ from typing import Any
 
 from capmill.captioner import Captioner
 from capmill.errors import ConfigError
+from capmill.models.request_builder import RequestBuilder
 from capmill.quality.gate import Gate
 from capmill.quality.policy import GatePolicy, budget_only_policy, load_policy, parse_budget
+from capmill.quality.retry_models import RetryModels, SourceKeepingBuilder, model_attempts
 from capmill.records import Generation, Item, Record, Request
 from capmill.taggers.wd import TaggerOptions
 
@@ -32,13 +34,33 @@ class GatedCaptioner(Captioner):
         self.tagger_options = tagger
         self._gate: Gate | None = None
         self._tagger: Any = None
+        self.budget_method: str | None = None
+        self.retry_models: RetryModels | None = None
+        if gate is not None and gate.budget is not None:
+            from capmill.quality.budget_decoding import resolve_method
+
+            self.budget_method = resolve_method(gate.budget, self.engine_name, self.profile.output)
+        if model_attempts(gate):  # built and checked now; their weights load when an item first needs them
+            self.retry_models = RetryModels(gate, self, kwargs)  # type: ignore[arg-type]
 
     @property
     def gate(self) -> Gate | None:
         if self._gate is None and self.policy is not None:
             device = self.engine_options.get("device")  # the scorer's "same" device
-            self._gate = Gate(self.policy, output=self.profile.output, device=device)
+            self._gate = Gate(
+                self.policy,
+                output=self.profile.output,
+                device=device,
+                model=self.model_identity["model"],
+                budget_method=self.budget_method or "rewrite",
+                models=self.retry_models,
+            )
         return self._gate
+
+    def preparer(self) -> RequestBuilder:
+        """With a model attempt in the policy, requests keep their decoded input for the retry model."""
+        builder = super().preparer()
+        return SourceKeepingBuilder.of(builder) if self.retry_models is not None else builder
 
     @property
     def tagger(self) -> Any:
@@ -52,11 +74,19 @@ class GatedCaptioner(Captioner):
         """The gate's policy is part of the run's identity: it changes which captions are kept."""
         from capmill.records import stable_hash
 
+        extra: dict[str, Any] = {}  # only when used, so the identity of runs without them stays what it was
+        if self.retry_models is not None:
+            extra["retry_models"] = self.retry_models.identity()
+        if self.budget_method == "constrain":
+            from capmill.quality.budget_decoding import budget_constraint
+
+            extra["budget_constraint"] = budget_constraint(self.policy.budget)  # type: ignore[union-attr]
         return stable_hash(
             {
                 "prompt": super().prompt_hash(mode),
-                "gate": self.policy.model_dump(mode="json") if self.policy else None,
+                "gate": self.policy.identity() if self.policy else None,
                 "tagger": self.tagger_options.model_dump(mode="json") if self.tagger_options else None,
+                **extra,
             }
         )
 
@@ -70,7 +100,7 @@ class GatedCaptioner(Captioner):
         return generations
 
     def _tag(self, requests: list[Request], generations: list[Generation]) -> list[Generation]:
-        from capmill.quality.gate import request_image
+        from capmill.quality.requests import request_image
 
         todo = [k for k, r in enumerate(requests) if request_image(r) is not None]
         if not todo:
@@ -82,9 +112,16 @@ class GatedCaptioner(Captioner):
         return out
 
     def finish(self, item: Item, request: Request | None, generation: Generation) -> Record:
-        record = super().finish(item, request, generation)
-        record.tags = generation.tags
         quality = generation.quality
+        kept = quality["attempt"] - 1 if quality else -1  # the retry that made the kept caption (-1: first try)
+        other = self.retry_models.captioners.get(kept) if self.retry_models is not None else None
+        if other is not None:
+            # the kept caption is another model's: parsed by its profile, and the record names that model
+            record = other.finish(item, request, generation)
+            record.prompt_hash = self.prompt_hash()  # the run's identity, which includes the retry models
+        else:
+            record = super().finish(item, request, generation)
+        record.tags = generation.tags
         if quality is None:
             return record
         record.quality = quality
@@ -97,6 +134,11 @@ class GatedCaptioner(Captioner):
                 record.error = f"quality gate: {why}"
         return record
 
+    def close(self) -> None:
+        super().close()
+        if self.retry_models is not None:
+            self.retry_models.close()
+
 
 def make_gated_captioner(
     gate: GatePolicy | None, tagger: TaggerOptions | None, kwargs: dict[str, Any]
@@ -106,17 +148,24 @@ def make_gated_captioner(
 
 
 def captioner_maker(
-    gate: str | None, tagger: str | None, budget: str | None = None
+    gate: str | None, tagger: str | None, budget: str | None = None, budget_method: str | None = None
 ) -> Callable[[dict[str, Any]], GatedCaptioner]:
-    """`--gate FILE` (or `--gate` alone: the defaults), `--tagger MODEL|FILE` and `--budget ENCODER:N` -> the
-    make_captioner the runners call; all are read and checked now, so a bad one fails before any work."""
+    """`--gate FILE` (or `--gate` alone: the defaults), `--tagger MODEL|FILE`, `--budget ENCODER:N` and
+    `--budget-method` -> the make_captioner the runners call; all are read and checked now, so a bad one fails
+    before any work."""
     policy = load_policy(None if gate == "default" else gate) if gate else None
+    if budget_method and not budget and not (policy and policy.budget):
+        raise ConfigError("--budget-method goes with --budget (or a budget in the gate policy)")
     if budget:
         from capmill.eval.lengths import budget_encoder
 
         parsed = parse_budget(budget)
+        if budget_method:
+            parsed = parsed.model_copy(update={"method": budget_method})
         budget_encoder(budget)  # the tokenizer loads now, or the run does not start
         policy = budget_only_policy(parsed) if policy is None else policy.model_copy(update={"budget": parsed})
+    elif budget_method and policy is not None and policy.budget is not None:
+        policy = policy.model_copy(update={"budget": policy.budget.model_copy(update={"method": budget_method})})
     return functools.partial(make_gated_captioner, policy, load_tagger_options(tagger) if tagger else None)
 
 
@@ -151,6 +200,8 @@ def gate_summary(records: Iterable[Record]) -> dict[str, Any]:
     """How many captions the gate passed at once, retried, fixed (and by which attempt) and could not fix."""
     gated = retried = fixed = extra = failed = 0
     fixed_by: Counter[str] = Counter()
+    fixed_by_model: Counter[str] = Counter()
+    kept_from: Counter[str] = Counter()
     first_reasons: Counter[str] = Counter()
     still: Counter[str] = Counter()
     for record in records:
@@ -163,9 +214,13 @@ def gate_summary(records: Iterable[Record]) -> dict[str, Any]:
         first_reasons.update(attempts[0]["reasons"])
         if len(attempts) > 1:
             retried += 1
+        if quality.get("model"):
+            kept_from[quality["model"]] += 1
         if quality.get("fixed_by"):
             fixed += 1
             fixed_by[quality["fixed_by"]] += 1
+            if quality.get("model"):
+                fixed_by_model[quality["model"]] += 1
         if not quality["passed"]:
             failed += 1
             still.update(quality["reasons"])
@@ -176,6 +231,8 @@ def gate_summary(records: Iterable[Record]) -> dict[str, Any]:
         "retry_attempts": extra,
         "fixed": fixed,
         "fixed_by": dict(fixed_by.most_common()),
+        "fixed_by_model": dict(fixed_by_model.most_common()),
+        "kept_captions_by_model": dict(kept_from.most_common()),
         "failed_first_try_by_reason": dict(first_reasons.most_common()),
         "not_fixed": failed,
         "not_fixed_by_reason": dict(still.most_common()),

@@ -7,6 +7,7 @@ scorer: {model: openai/clip-vit-base-patch32, device: cpu, batch_size: 32}
 attempts:            # retries in order, each a change to the item's request
   - {do_sample: true, temperature: 0.7, repetition_penalty: 1.15, seed: 1}
   - {prompt: "Describe this photo in two sentences.", max_new_tokens_factor: 2}
+  - {model: internlm/CapRL-3B, profile: caprl-3b}   # another model, loaded only when an item needs it
 max_attempts: 3      # the first try included
 on_fail: keep        # keep | invalid: what a caption that fails every attempt becomes
 stop_repetition: true
@@ -66,6 +67,9 @@ class Budget(BaseModel):
 
     encoder: str  # clip | t5 | a tokenizer's hub id or path
     limit: int = Field(ge=3)
+    # constrain: a word-limit grammar on the first try where the engine can constrain decoding (then checked, and
+    # rewritten when still over); rewrite: ask again with a word limit in the prompt; auto: constrain if it can
+    method: Literal["auto", "constrain", "rewrite"] = "auto"
 
     def hint(self) -> str:
         """What a retry adds to the prompt: a word count that fits (about 1.3 tokens per English word)."""
@@ -86,13 +90,25 @@ class Attempt(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1)
     max_new_tokens_factor: float | None = Field(None, gt=0.0)
     seed: int | None = None
+    # another captioner for this attempt (hub id or folder), loaded only when an item reaches it; profile, engine
+    # and engine options default to what the model implies and the run's own engine and options
+    model: str | None = None
+    profile: str | None = None
+    engine: str | None = None
+    engine_options: dict[str, Any] | None = None
 
     def label(self) -> str:
         """A short name for what this attempt changes, e.g. "temperature=0.7, repetition_penalty=1.15"."""
-        parts = [f"{k}={v}" for k, v in self.model_dump(exclude_none=True).items() if k != "prompt"]
+        skip = {"prompt", *MODEL_FIELDS}
+        parts = [f"{k}={v}" for k, v in self.model_dump(exclude_none=True).items() if k not in skip]
         if self.prompt is not None:
             parts.insert(0, "prompt")
+        if self.model is not None:
+            parts.insert(0, f"model={self.model}" + (f" ({self.profile})" if self.profile else ""))
         return ", ".join(parts) or "same request"
+
+
+MODEL_FIELDS = ("model", "profile", "engine", "engine_options")
 
 
 DEFAULT_ATTEMPTS = (
@@ -120,6 +136,18 @@ class GatePolicy(BaseModel):
     def check_config(self) -> None:
         if self.checks.min_clip_score is not None and self.scorer is None:
             raise ConfigError("gate: checks.min_clip_score needs a scorer (scorer: {model: ...})")
+        for i, attempt in enumerate(self.attempts):
+            if attempt.model is None and any(getattr(attempt, k) is not None for k in MODEL_FIELDS[1:]):
+                raise ConfigError(f"gate: attempts[{i}]: profile, engine and engine_options go with a model")
+
+    def identity(self) -> dict[str, Any]:
+        """The policy as it enters the run's identity. Fields added later (an attempt's model, the budget's method)
+        are left out here when unset, so the identity of a policy without them is what it always was; the retry
+        models and the budget method as resolved are added by the captioner (see GatedCaptioner.prompt_hash)."""
+        exclude: dict[str, Any] = {"attempts": {"__all__": set(MODEL_FIELDS)}}
+        if self.budget is not None:
+            exclude["budget"] = {"method"}
+        return self.model_dump(mode="json", exclude=exclude)
 
 
 def budget_only_policy(budget: Budget) -> GatePolicy:
