@@ -7,12 +7,14 @@ A stage's identity is its own settings (captioner settings, templates, prompt se
 of the stages it reads. Its folder keeps the identity it was made with: the same identity resumes it (nothing done
 is redone), a different one sets the old folder aside under `stages/.replaced/` (where it is taken back if the
 stage returns to that identity) and starts afresh. So adding a stage runs only it, and changing one reruns it and
-the stages that read it. Stages run one after another, one model loaded at a time, or (`side_by_side: true`, when
-the models fit together) all at once, each stage's records streaming to the next through its run folder.
+the stages that read it. Stages run one after another, one model loaded at a time, or all at once, each stage's
+records streaming to the next through its run folder: `side_by_side: auto` (the default) chooses the second when
+the models' estimated memory fits in what the devices have free (memory.py), `true`/`false` decide.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -28,6 +30,7 @@ from capmill.recipes.stage import StageCaptioner
 from capmill.records import sha256_hex, stable_hash
 from capmill.run.pipeline import PipelineOptions
 
+log = logging.getLogger("capmill.recipes")
 SOURCES.register("recipe-stage", "capmill.recipes.source:StageSource")
 STREAM_SHARD = 16  # records per stage shard when stages run side by side
 FINAL_FORMATS = {"jsonl": ("jsonl", ".jsonl"), "parquet": ("parquet", ".parquet"), "sidecar": ("jsonl", ".jsonl")}
@@ -54,7 +57,7 @@ class RecipeRunner:
     sidecar: dict[str, Any] = field(default_factory=dict)
     progress: bool | None = None
     workers: int | None = None  # None: 0 for a model on this machine's CPU, else cores - 1 (as `capmill caption`)
-    side_by_side: bool | None = None  # None: as the recipe says
+    side_by_side: bool | str | None = None  # True, False, "auto"; None: as the recipe says
 
     def __post_init__(self) -> None:
         if self.fmt not in FINAL_FORMATS:
@@ -119,7 +122,8 @@ class RecipeRunner:
         start = time.perf_counter()
         plans = self.plan()
         os.makedirs(self.run_dir, exist_ok=True)
-        side_by_side = self.side_by_side if self.side_by_side is not None else self.recipe.side_by_side
+        choice = self.choose_side_by_side(plans)
+        side_by_side = bool(choice["chosen"])
         jobs = []
         for plan in plans:
             self._claim(plan)
@@ -129,10 +133,30 @@ class RecipeRunner:
             summaries = self._side_by_side(plans, jobs) if side_by_side else self._one_by_one(plans, jobs)
             for index in outputs.values():
                 index.refresh()
-            return self._finish(plans, outputs, summaries, time.perf_counter() - start)
+            return self._finish(plans, outputs, summaries, time.perf_counter() - start, choice)
         finally:
             for index in outputs.values():
                 index.close()
+
+    def choose_side_by_side(self, plans: list[StagePlan]) -> dict[str, Any]:
+        """{chosen, reason, estimate_bytes, available_bytes, ...}: as set, or (auto) from the models' estimated
+        memory against what the devices they use have free; said in one log line."""
+        given = self.side_by_side if self.side_by_side is not None else self.recipe.side_by_side
+        if given != "auto":
+            chosen = bool(given)
+            choice = {"chosen": chosen, "reason": f"side_by_side: {str(chosen).lower()} given"}
+            choice |= {"estimate_bytes": None, "available_bytes": None}
+        else:
+            from capmill.recipes.memory import choose, stage_memory
+
+            estimates = [
+                stage_memory(p.stage.name, p.captioner.inner.model, p.stage.engine, p.stage.engine_options)
+                for p in plans
+            ]
+            choice = choose(estimates).summary()
+        way = "side by side" if choice["chosen"] else "one at a time"
+        log.info("recipe stages %s: %s", way, choice["reason"])
+        return choice
 
     def _job(self, plan: StagePlan, plan_file: str, side_by_side: bool, last: bool) -> Any:
         from capmill.run.local import CaptionJob
@@ -248,7 +272,12 @@ class RecipeRunner:
         return path
 
     def _finish(
-        self, plans: list[StagePlan], outputs: dict[str, Outputs], summaries: dict[str, Any], seconds: float
+        self,
+        plans: list[StagePlan],
+        outputs: dict[str, Outputs],
+        summaries: dict[str, Any],
+        seconds: float,
+        side_by_side: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         from capmill.data.sources import open_sources
         from capmill.run.runfolder import write_json_atomic
@@ -272,6 +301,7 @@ class RecipeRunner:
         summary = {
             "run": {"records": sum(counts.values()), "by_status": counts, "stages": manifest["stages"]},
             "stages": summaries,
+            "side_by_side": side_by_side,
             "time_s": round(seconds, 3),
         }
         write_json_atomic(os.path.join(self.run_dir, "summary.json"), summary)
