@@ -27,7 +27,7 @@ from capmill.recipes.outputs import Outputs, joined
 from capmill.recipes.prompt_sets import variants
 from capmill.recipes.spec import Recipe, Stage
 from capmill.recipes.stage import StageCaptioner
-from capmill.records import sha256_hex, stable_hash
+from capmill.records import stable_hash
 from capmill.run.pipeline import PipelineOptions
 
 log = logging.getLogger("capmill.recipes")
@@ -267,6 +267,7 @@ class RecipeRunner:
                 "stage": plan.stage.model_dump_json(),  # text: the file is written with sorted keys
                 "reads": reads,
                 "metadata": metadata,
+                "index_dir": os.path.join(self.run_dir, "index"),  # the metadata file's on-disk index
             },
         )
         return path
@@ -380,8 +381,13 @@ def _read_identity(path: str) -> str | None:
 
 
 def _file_hash(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()  # read in blocks: a metadata file of millions of rows is never in memory whole
     with open(path, "rb") as handle:
-        return sha256_hex(handle.read())[:16]
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 __all__ = ["RecipeRunner", "StagePlan", "stable_hash"]
