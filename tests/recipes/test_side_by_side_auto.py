@@ -150,6 +150,15 @@ def test_auto_chooses_by_free_memory_and_records_are_the_same(tmp_path, tiny_mod
 
     assert captions("short") == captions("ample") and len(captions("short")) == 20
 
+    again = recipe.run([str(photos)], str(tmp_path / "ample"), progress=False)  # nothing left: no models loaded
+    assert again["side_by_side"]["chosen"] is False and again["side_by_side"]["reason"] == "every stage has finished"
+    assert [s["session"]["captioned"] for s in again["stages"].values()] == [0, 0]
+    grown = spec(tiny_model)
+    grown["stages"].append({**grown["stages"][1], "name": "third", "prompt": "Again: {stages.second}"})
+    third = Recipe.from_dict(grown).run([str(photos)], str(tmp_path / "ample"), progress=False)
+    assert third["side_by_side"]["reason"] == "stage 'third' alone has work left"
+    assert third["stages"]["third"]["session"]["captioned"] > 0
+
 
 def test_true_and_false_override_the_estimate(tmp_path, tiny_model, photos, monkeypatch):
     monkeypatch.setenv(ENV, "1M")  # nothing fits, yet true runs them side by side

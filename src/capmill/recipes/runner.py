@@ -146,6 +146,10 @@ class RecipeRunner:
             chosen = bool(given)
             choice = {"chosen": chosen, "reason": f"side_by_side: {str(chosen).lower()} given"}
             choice |= {"estimate_bytes": None, "available_bytes": None}
+        elif sum(not _finished(p) for p in plans) < 2:  # side by side would load models with nothing to do
+            left = [p.stage.name for p in plans if not _finished(p)]
+            reason = f"stage {left[0]!r} alone has work left" if left else "every stage has finished"
+            choice = {"chosen": False, "reason": reason, "estimate_bytes": None, "available_bytes": None}
         else:
             from capmill.recipes.memory import choose, stage_memory
 
@@ -368,6 +372,20 @@ def _unique(items: Any) -> Any:
         if item.id not in seen:
             seen.add(item.id)
             yield item
+
+
+def _finished(plan: StagePlan) -> bool:
+    """Whether the stage's folder holds this identity and its last session completed (inputs added since then
+    are not seen here: the choice then errs towards one at a time, which is always correct)."""
+    import json
+
+    if _read_identity(os.path.join(plan.folder, "stage.json")) != plan.identity_hash:
+        return False
+    try:
+        with open(os.path.join(plan.folder, "summary.json"), encoding="utf-8") as handle:
+            return bool(json.load(handle).get("session", {}).get("completed"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _read_identity(path: str) -> str | None:
