@@ -1,16 +1,17 @@
 """What a recipe's metadata file and manifest columns cost in memory: rows kept in Python dicts (the previous way)
-vs. the metadata file indexed in SQLite on disk and the manifest read along with its items (the current way),
-side by side in one run.
+vs. the metadata file indexed in SQLite on disk, the manifest read along with its items and the ids seen in a
+temporary SQLite table (the current way), side by side in one run.
 
 Each way is a fresh interpreter that iterates the real `recipe-stage` source of a text stage whose prompt reads
 three columns (`{meta.subject}` from a JSONL manifest INPUT of N rows, `{meta.tags}` and `{meta.caption}` from a
 metadata CSV of N rows, matched by file name), rendering every prompt, as a stage does before its engine sees the
 items. No model runs: a model's memory does not depend on the table. The previous way is the earlier code, kept
-here verbatim (every metadata row in a dict by key and base name; every manifest row in a dict by line number) and
-swapped into the source module. Peak RSS is the child's ru_maxrss; "after imports" is before the source is read.
+here verbatim (every metadata row in a dict by key and base name, every manifest row in a dict by line number, the
+ids yielded in a set) and swapped into the source module. Peak RSS is the child's ru_maxrss; "imports MB" is
+before the source is read.
 
     python benchmarks/recipe_metadata_memory.py                 # 100,000 rows
-    python benchmarks/recipe_metadata_memory.py --rows 1000000
+    python benchmarks/recipe_metadata_memory.py --rows 300000
 """
 
 from __future__ import annotations
@@ -56,9 +57,20 @@ class DictRows:  # the previous `dict(read_table(spec))` of a manifest INPUT
     def close(self):
         pass
 
+class SetIds:  # the previous `seen: set[str]` of ids yielded
+    def __init__(self):
+        self.ids = set()
+    def add(self, item_id):
+        if item_id in self.ids:
+            return False
+        self.ids.add(item_id)
+        return True
+    def close(self):
+        pass
+
 way, plan = sys.argv[1:3]
 if way == "dicts":
-    source.MetadataIndex, source.ManifestRows = DictMetadata, DictRows
+    source.MetadataIndex, source.ManifestRows, source.SeenIds = DictMetadata, DictRows, SetIds
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.perf_counter()
 n, chars, errors = 0, 0, 0

@@ -11,7 +11,7 @@ import pytest
 
 from capmill.errors import ConfigError
 from capmill.recipes import Recipe
-from capmill.recipes.metadata import KEY_COLUMNS, ManifestRows, MetadataIndex, read_table
+from capmill.recipes.metadata import KEY_COLUMNS, ManifestRows, MetadataIndex, SeenIds, read_table
 from capmill.run.runfolder import read_shard
 
 
@@ -161,10 +161,27 @@ def test_recipe_prompts_from_an_indexed_metadata_file(tmp_path, tiny_model, coco
         }
     )
     run_dir = tmp_path / "run"
-    recipe.run([str(photos)], str(run_dir), progress=False)
+    recipe.run([str(photos), str(photos)], str(run_dir), progress=False)  # the same inputs twice: once each
     records = [
         r for shard in sorted((run_dir / "stages" / "s" / "records").glob("part-*")) for r in read_shard(str(shard))
     ]
+    assert len(records) == 5
     prompts = {os.path.basename(r.id): r.meta["recipe"]["prompt"] for r in records}
     assert prompts == {name: f"Tags: tag of {name}." for name in names}
     assert len(list((run_dir / "index").glob("metadata-*.sqlite"))) == 1
+
+
+def test_seen_ids_on_disk():
+    seen = SeenIds()
+    try:
+        assert [seen.add(i) for i in ["a", "b", "a", "A", "b", "é", "é"]] == [
+            True,
+            True,
+            False,
+            True,
+            False,
+            True,
+            False,
+        ]
+    finally:
+        seen.close()

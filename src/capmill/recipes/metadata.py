@@ -1,5 +1,5 @@
 """Each input's `{meta.COLUMN}` values without holding a table in memory: the recipe's metadata file indexed on
-disk, and a manifest INPUT's rows read along with its items.
+disk, and a manifest INPUT's rows read along with its items (and the ids a stage has seen, on disk too).
 
 The metadata file (JSONL or CSV/TSV) becomes a SQLite file in the run folder's `index/` (built once per version of
 the file, shared by the stages; a changed file gets a new one), so a file of millions of rows costs a few MiB of
@@ -174,3 +174,18 @@ class ManifestRows:
         if self._rows is not None:
             self._rows.close()
             self._rows = None
+
+
+class SeenIds:
+    """The ids a stage's source has yielded, in a temporary SQLite file (deleted on close), not a Python set."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("", check_same_thread=False)  # "": a private on-disk temporary database
+        self.db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, item_id: str) -> bool:
+        """True the first time an id is added, False after."""
+        return self.db.execute("INSERT OR IGNORE INTO ids VALUES (?)", (item_id,)).rowcount == 1
+
+    def close(self) -> None:
+        self.db.close()

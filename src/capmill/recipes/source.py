@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from capmill.data.sources.base import Source, SourceOptions
-from capmill.recipes.metadata import KEY_COLUMNS, ManifestRows, MetadataIndex, read_table
+from capmill.recipes.metadata import KEY_COLUMNS, ManifestRows, MetadataIndex, SeenIds, read_table
 from capmill.recipes.outputs import Outputs
 from capmill.recipes.prompt_sets import for_item
 from capmill.recipes.spec import Stage
@@ -66,15 +66,14 @@ class StageSource(Source):
         from capmill.data.sources import open_sources
 
         metadata = MetadataIndex(self.metadata_path, self.index_dir)  # on disk: memory stays flat
-        seen: set[str] = set()
+        seen = SeenIds()
         try:
             for spec in self.inputs:
                 rows = ManifestRows(spec) if os.path.isfile(spec) and _is_manifest(spec) else None
                 try:
                     for item in open_sources([spec], self.source_options):
-                        if item.id in seen:
+                        if not seen.add(item.id):
                             continue
-                        seen.add(item.id)
                         row = rows.get(item.meta.get("row")) if rows is not None else {}
                         yield from self._items(item, row, metadata)
                 finally:
@@ -82,6 +81,7 @@ class StageSource(Source):
                         rows.close()
         finally:
             metadata.close()
+            seen.close()
 
     def _items(self, item: Item, row: dict[str, Any], metadata: MetadataIndex) -> Iterator[Item]:
         stages = {name: self._output(name, item.id) for name in self.reads}
