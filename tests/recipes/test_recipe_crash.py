@@ -25,6 +25,7 @@ def test_killed_recipe_resumes_exactly_once(tmp_path, tiny_model, coco_photos):
     recipe.write_text(
         yaml.safe_dump(
             {
+                "side_by_side": False,  # one stage at a time: kills land in each stage's run, not in loading
                 "stages": [
                     {
                         "name": "a",

@@ -227,7 +227,7 @@ def test_side_by_side_streams_and_equals_one_by_one(tmp_path, tiny_model, coco_p
             },
         ]
     }
-    Recipe.from_dict(spec).run([str(folder)], str(tmp_path / "one"), progress=False)
+    Recipe.from_dict({**spec, "side_by_side": False}).run([str(folder)], str(tmp_path / "one"), progress=False)
     summary = Recipe.from_dict({**spec, "side_by_side": True}).run(
         [str(folder)], str(tmp_path / "both"), progress=False
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from typing import Any
@@ -71,6 +72,7 @@ def run_recipe(args: argparse.Namespace) -> int:
             if v
         },
     )
+    said = _say_choice(args.quiet)
     try:
         summary = runner.run()
         if temporary:
@@ -79,6 +81,8 @@ def run_recipe(args: argparse.Namespace) -> int:
             for record in read_records(run_dir):
                 sys.stdout.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
     finally:
+        if said is not None:
+            logging.getLogger("capmill.recipes").removeHandler(said)
         if temporary:
             shutil.rmtree(run_dir, ignore_errors=True)
     if not args.quiet:
@@ -90,6 +94,19 @@ def run_recipe(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _say_choice(quiet: bool) -> logging.Handler | None:
+    """Unless --quiet, the runner's one line on running the stages side by side or one at a time goes to stderr."""
+    if quiet:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("capmill caption: %(message)s"))
+    logger = logging.getLogger("capmill.recipes")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
 
 
 def show_recipe_prompts(recipe: Any, inputs: list[str], source: Any) -> int:

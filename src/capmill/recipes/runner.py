@@ -7,12 +7,14 @@ A stage's identity is its own settings (captioner settings, templates, prompt se
 of the stages it reads. Its folder keeps the identity it was made with: the same identity resumes it (nothing done
 is redone), a different one sets the old folder aside under `stages/.replaced/` (where it is taken back if the
 stage returns to that identity) and starts afresh. So adding a stage runs only it, and changing one reruns it and
-the stages that read it. Stages run one after another, one model loaded at a time, or (`side_by_side: true`, when
-the models fit together) all at once, each stage's records streaming to the next through its run folder.
+the stages that read it. Stages run one after another, one model loaded at a time, or all at once, each stage's
+records streaming to the next through its run folder: `side_by_side: auto` (the default) chooses the second when
+the models' estimated memory fits in what the devices have free (memory.py), `true`/`false` decide.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -25,9 +27,10 @@ from capmill.recipes.outputs import Outputs, joined
 from capmill.recipes.prompt_sets import variants
 from capmill.recipes.spec import Recipe, Stage
 from capmill.recipes.stage import StageCaptioner
-from capmill.records import sha256_hex, stable_hash
+from capmill.records import stable_hash
 from capmill.run.pipeline import PipelineOptions
 
+log = logging.getLogger("capmill.recipes")
 SOURCES.register("recipe-stage", "capmill.recipes.source:StageSource")
 STREAM_SHARD = 16  # records per stage shard when stages run side by side
 FINAL_FORMATS = {"jsonl": ("jsonl", ".jsonl"), "parquet": ("parquet", ".parquet"), "sidecar": ("jsonl", ".jsonl")}
@@ -54,7 +57,7 @@ class RecipeRunner:
     sidecar: dict[str, Any] = field(default_factory=dict)
     progress: bool | None = None
     workers: int | None = None  # None: 0 for a model on this machine's CPU, else cores - 1 (as `capmill caption`)
-    side_by_side: bool | None = None  # None: as the recipe says
+    side_by_side: bool | str | None = None  # True, False, "auto"; None: as the recipe says
     runner: str = "local"  # a name in capmill.run.RUNNERS: what runs each stage's sub-run
     runner_options: dict[str, Any] = field(default_factory=dict)  # that runner's knobs (Ray: address, actors)
 
@@ -127,8 +130,9 @@ class RecipeRunner:
         start = time.perf_counter()
         plans = self.plan()
         os.makedirs(self.run_dir, exist_ok=True)
-        side_by_side = self.side_by_side if self.side_by_side is not None else self.recipe.side_by_side
-        self._check_runner(side_by_side)
+        self._check_runner(self.side_by_side if self.side_by_side is not None else self.recipe.side_by_side)
+        choice = self.choose_side_by_side(plans)
+        side_by_side = bool(choice["chosen"])
         jobs = []
         for plan in plans:
             self._claim(plan)
@@ -138,10 +142,37 @@ class RecipeRunner:
             summaries = self._side_by_side(plans, jobs) if side_by_side else self._one_by_one(plans, jobs)
             for index in outputs.values():
                 index.refresh()
-            return self._finish(plans, outputs, summaries, time.perf_counter() - start)
+            return self._finish(plans, outputs, summaries, time.perf_counter() - start, choice)
         finally:
             for index in outputs.values():
                 index.close()
+
+    def choose_side_by_side(self, plans: list[StagePlan]) -> dict[str, Any]:
+        """{chosen, reason, estimate_bytes, available_bytes, ...}: as set, or (auto) from the models' estimated
+        memory against what the devices they use have free; said in one log line."""
+        given = self.side_by_side if self.side_by_side is not None else self.recipe.side_by_side
+        if given != "auto":
+            chosen = bool(given)
+            choice = {"chosen": chosen, "reason": f"side_by_side: {str(chosen).lower()} given"}
+            choice |= {"estimate_bytes": None, "available_bytes": None}
+        elif not self._in_process():
+            reason = f"--runner {self.runner} runs the stages one at a time"
+            choice = {"chosen": False, "reason": reason, "estimate_bytes": None, "available_bytes": None}
+        elif sum(not _finished(p) for p in plans) < 2:  # side by side would load models with nothing to do
+            left = [p.stage.name for p in plans if not _finished(p)]
+            reason = f"stage {left[0]!r} alone has work left" if left else "every stage has finished"
+            choice = {"chosen": False, "reason": reason, "estimate_bytes": None, "available_bytes": None}
+        else:
+            from capmill.recipes.memory import choose, stage_memory
+
+            estimates = [
+                stage_memory(p.stage.name, p.captioner.inner.model, p.stage.engine, p.stage.engine_options)
+                for p in plans
+            ]
+            choice = choose(estimates).summary()
+        way = "side by side" if choice["chosen"] else "one at a time"
+        log.info("recipe stages %s: %s", way, choice["reason"])
+        return choice
 
     def _job(self, plan: StagePlan, plan_file: str, side_by_side: bool, last: bool) -> Any:
         from capmill.run.local import CaptionJob
@@ -164,12 +195,15 @@ class RecipeRunner:
             runner_options=self.runner_options,
         )
 
-    def _check_runner(self, side_by_side: bool) -> None:
-        """The runner exists, and can run the stages the way asked; before any stage folder or model."""
+    def _in_process(self) -> bool:
         from capmill.run import RUNNERS
 
-        runner_cls = RUNNERS.get(self.runner)
-        if side_by_side and not getattr(runner_cls, "in_process", True):
+        return bool(getattr(RUNNERS.get(self.runner), "in_process", True))
+
+    def _check_runner(self, side_by_side: bool | str) -> None:
+        """The runner exists, and can run the stages the way asked; before any stage folder or model."""
+        in_process = self._in_process()  # an unknown runner name fails here
+        if side_by_side is True and not in_process:
             raise ConfigError(
                 f"--runner {self.runner}: stages side by side share this process (each stage's records stream to "
                 f"the next through it), which this runner does not run in; set 'side_by_side: false' in the recipe"
@@ -270,12 +304,18 @@ class RecipeRunner:
                 "stage": plan.stage.model_dump_json(),  # text: the file is written with sorted keys
                 "reads": reads,
                 "metadata": metadata,
+                "index_dir": os.path.join(self.run_dir, "index"),  # the metadata file's on-disk index
             },
         )
         return path
 
     def _finish(
-        self, plans: list[StagePlan], outputs: dict[str, Outputs], summaries: dict[str, Any], seconds: float
+        self,
+        plans: list[StagePlan],
+        outputs: dict[str, Outputs],
+        summaries: dict[str, Any],
+        seconds: float,
+        side_by_side: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         from capmill.data.sources import open_sources
         from capmill.run.runfolder import write_json_atomic
@@ -299,6 +339,7 @@ class RecipeRunner:
         summary = {
             "run": {"records": sum(counts.values()), "by_status": counts, "stages": manifest["stages"]},
             "stages": summaries,
+            "side_by_side": side_by_side,
             "time_s": round(seconds, 3),
         }
         write_json_atomic(os.path.join(self.run_dir, "summary.json"), summary)
@@ -366,6 +407,20 @@ def _unique(items: Any) -> Any:
             yield item
 
 
+def _finished(plan: StagePlan) -> bool:
+    """Whether the stage's folder holds this identity and its last session completed (inputs added since then
+    are not seen here: the choice then errs towards one at a time, which is always correct)."""
+    import json
+
+    if _read_identity(os.path.join(plan.folder, "stage.json")) != plan.identity_hash:
+        return False
+    try:
+        with open(os.path.join(plan.folder, "summary.json"), encoding="utf-8") as handle:
+            return bool(json.load(handle).get("session", {}).get("completed"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _read_identity(path: str) -> str | None:
     import json
 
@@ -377,8 +432,13 @@ def _read_identity(path: str) -> str | None:
 
 
 def _file_hash(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()  # read in blocks: a metadata file of millions of rows is never in memory whole
     with open(path, "rb") as handle:
-        return sha256_hex(handle.read())[:16]
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 __all__ = ["RecipeRunner", "StagePlan", "stable_hash"]

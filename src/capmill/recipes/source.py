@@ -9,7 +9,6 @@ missing structured field) becomes an error item: the run goes on.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from capmill.data.sources.base import Source, SourceOptions
+from capmill.recipes.metadata import KEY_COLUMNS, ManifestRows, MetadataIndex, SeenIds, read_table
 from capmill.recipes.outputs import Outputs
 from capmill.recipes.prompt_sets import for_item
 from capmill.recipes.spec import Stage
@@ -28,51 +28,6 @@ from capmill.records import Item, sha256_hex
 # stage folder -> an event set when that stage's run has ended, for stages running side by side (see runner.py)
 RUNNING: dict[str, threading.Event] = {}
 POLL_S = 0.2
-KEY_COLUMNS = ("id", "file_name", "filename", "file", "path", "image", "stem", "key")
-
-
-def read_table(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a JSONL or CSV/TSV file, numbered as the manifest sources number them."""
-    if path.lower().endswith((".jsonl", ".ndjson")):
-        with open(path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(row, dict):
-                        yield lineno, row
-    else:
-        delimiter = "\t" if path.lower().endswith(".tsv") else ","
-        with open(path, encoding="utf-8", newline="") as handle:
-            yield from enumerate(csv.DictReader(handle, delimiter=delimiter), start=2)
-
-
-class Metadata:
-    """Extra columns per item from a JSONL/CSV file, matched by id, file name, stem or path."""
-
-    def __init__(self, path: str | None):
-        self.rows: dict[str, dict[str, Any]] = {}
-        if not path:
-            return
-        rows = [row for _, row in read_table(path)]
-        key = next((k for k in KEY_COLUMNS if rows and k in rows[0]), None)
-        if key is None:
-            from capmill.errors import ConfigError
-
-            raise ConfigError(f"metadata {path}: no key column (one of {', '.join(KEY_COLUMNS)})")
-        for row in rows:
-            value = str(row.get(key) or "")
-            if value:
-                self.rows[value] = row
-                self.rows.setdefault(os.path.basename(value), row)
-
-    def lookup(self, context: dict[str, Any], source: str) -> dict[str, Any]:
-        for key in (context["id"], source, context["filename"], context["stem"]):
-            if key in self.rows:
-                return self.rows[key]
-        return {}
 
 
 class StageSource(Source):
@@ -90,6 +45,7 @@ class StageSource(Source):
         self.reads = {name: Outputs(path) for name, path in plan["reads"].items()}
         self.running = {name: RUNNING.get(os.path.abspath(path)) for name, path in plan["reads"].items()}
         self.metadata_path = plan.get("metadata")
+        self.index_dir = plan.get("index_dir") or os.path.dirname(os.path.abspath(spec))
         self.text = self.stage.mode == "text"
         where = f"stage {self.stage.name!r}"
         self.template = Template.parse(self.stage.prompt, f"{where}, field 'prompt'") if self.stage.prompt else None
@@ -109,17 +65,25 @@ class StageSource(Source):
     def __iter__(self) -> Iterator[Item]:
         from capmill.data.sources import open_sources
 
-        metadata = Metadata(self.metadata_path)
-        seen: set[str] = set()
-        for spec in self.inputs:
-            rows = dict(read_table(spec)) if os.path.isfile(spec) and _is_manifest(spec) else {}
-            for item in open_sources([spec], self.source_options):
-                if item.id in seen:
-                    continue
-                seen.add(item.id)
-                yield from self._items(item, rows.get(item.meta.get("row"), {}), metadata)
+        metadata = MetadataIndex(self.metadata_path, self.index_dir)  # on disk: memory stays flat
+        seen = SeenIds()
+        try:
+            for spec in self.inputs:
+                rows = ManifestRows(spec) if os.path.isfile(spec) and _is_manifest(spec) else None
+                try:
+                    for item in open_sources([spec], self.source_options):
+                        if not seen.add(item.id):
+                            continue
+                        row = rows.get(item.meta.get("row")) if rows is not None else {}
+                        yield from self._items(item, row, metadata)
+                finally:
+                    if rows is not None:
+                        rows.close()
+        finally:
+            metadata.close()
+            seen.close()
 
-    def _items(self, item: Item, row: dict[str, Any], metadata: Metadata) -> Iterator[Item]:
+    def _items(self, item: Item, row: dict[str, Any], metadata: MetadataIndex) -> Iterator[Item]:
         stages = {name: self._output(name, item.id) for name in self.reads}
         if any(out is None or out.get("status") not in ("ok", "repaired") for out in stages.values()):
             # an earlier stage failed for this input (or has not reached it): its record stands for the input, and
@@ -177,3 +141,6 @@ class StageSource(Source):
 
 def _is_manifest(path: str) -> bool:
     return path.lower().endswith((".jsonl", ".ndjson", ".csv", ".tsv"))
+
+
+__all__ = ["KEY_COLUMNS", "RUNNING", "StageSource", "read_table"]

@@ -149,7 +149,8 @@ class Recipe(BaseModel):
     stages: tuple[Stage, ...]
     output: str | None = None  # the stage whose output is the record's caption (default: the last)
     metadata: str | None = None  # a JSONL/CSV file of extra columns per item ({meta.COLUMN}), matched by id or name
-    side_by_side: bool = False  # every stage at once, each model loaded, records streaming to the next stage
+    # every stage at once, each model loaded, records streaming to the next stage; auto: when the models fit
+    side_by_side: bool | Literal["auto"] = "auto"
     base_dir: str = "."  # where relative paths of the recipe (scaffolds, tag files, metadata) are resolved
 
     @classmethod
