@@ -80,3 +80,33 @@ def test_exact_batches_give_the_one_at_a_time_captions(tied_model, coco_photos, 
     plain = _captions(tied_model, photos, 8, batch_invariant=False)
     assert exact == singles
     assert plain != singles, "no near-tie flipped under plain batching: this model no longer tests anything"
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_vl", "qwen3_5"])
+def test_vision_tower_encodes_each_photo_as_it_would_alone(arch, tiny_model, coco_photos):
+    """A photo of a few patches beside large ones: BLAS takes another kernel for a 24-row product than for those rows
+    inside a larger one, so the batched tower's features of the tiny photo differ from its own; under the exact mode
+    each image is encoded alone, bit for bit as the card's one-image loop does."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = str(tiny_model(arch))
+    with Image.open(coco_photos[0]) as im:
+        photo = im.convert("RGB")
+    images = [photo.resize((12, 8)), photo.resize((470, 470)), photo.resize((141, 40)), photo.resize((283, 1362))]
+    processor = AutoProcessor.from_pretrained(path)
+    plain = AutoModelForImageTextToText.from_pretrained(path).eval()
+    exact = AutoModelForImageTextToText.from_pretrained(path).eval()
+    make_batch_invariant(exact)
+
+    def features(model, batch):
+        x = processor.image_processor(images=batch, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.model.get_image_features(x["pixel_values"], image_grid_thw=x["image_grid_thw"])
+        return list(out.pooler_output)
+
+    alone = [features(plain, [image])[0] for image in images]
+    batched = features(exact, images)
+    assert all(torch.equal(a, b) for a, b in zip(alone, batched, strict=True))
+    if arch == "qwen2_5_vl":  # the premise: without the exact mode the tiny photos' features differ
+        assert not all(torch.equal(a, b) for a, b in zip(alone, features(plain, images), strict=True))
