@@ -23,7 +23,7 @@ from typing import Any
 from transformers import LogitsProcessor
 
 from capmill.engines.grammars import CUT_ANYWHERE, TEXT_FORM, grammar_for
-from capmill.engines.tag_dedupe import TokenIndex, UniqueTagsRow, Vocabulary, ban_in_mask, unique_tags_spec
+from capmill.engines.tag_dedupe import TokenIndex, UniqueTagsRow, ban_in_mask, unique_tags_spec
 from capmill.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def logits_processors(
     unique: list[UniqueTagsRow | None] = []
     for i, constraint in enumerate(constraints):
         spec = unique_tags_spec(constraint.get("grammar")) if isinstance(constraint, dict) else None
-        unique.append(None if spec is None else UniqueTagsRow(tok.tag_index(), spec[0], Vocabulary(spec[1])))
+        unique.append(None if spec is None else UniqueTagsRow(tok.tag_index(), *spec))
         if constraint is None:
             matchers.append(None)
             reserves.append(0)

@@ -19,6 +19,7 @@ wrap-up; vllm_tag_dedupe.py: vLLM's logits after its grammar mask).
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,15 +29,19 @@ from capmill.engines.grammars import UNIQUE_TAGS
 _SEP = b","
 
 
-def unique_tags_spec(grammar: Any) -> tuple[str, tuple[str, ...]] | None:
+def unique_tags_spec(grammar: Any) -> tuple[str, Vocabulary] | None:
     """(prefix, vocabulary) named on a tag grammar's last line, or None for any other grammar."""
     if not isinstance(grammar, str):
         return None
     last = grammar.rstrip("\n").rpartition("\n")[2]
-    if not last.startswith(UNIQUE_TAGS):
-        return None
-    spec = json.loads(last[len(UNIQUE_TAGS) :])
-    return str(spec["prefix"]), tuple(str(t) for t in spec["tags"])
+    return _spec(last) if last.startswith(UNIQUE_TAGS) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _spec(line: str) -> tuple[str, Vocabulary]:
+    """One vocabulary line parsed and sorted once (a batch's rows and later batches share a recipe's grammar)."""
+    spec = json.loads(line[len(UNIQUE_TAGS) :])
+    return str(spec["prefix"]), Vocabulary(str(t) for t in spec["tags"])
 
 
 class TokenIndex:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from capmill.engines.tag_dedupe import TokenIndex, UniqueTagsRow, Vocabulary, unique_tags_spec
+from capmill.engines.tag_dedupe import TokenIndex, UniqueTagsRow, unique_tags_spec
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ class UniqueTagsLogitsProcessor(LogitsProcessor):
         self.device = device
         self.rows: dict[int, tuple[UniqueTagsRow, list[int], list[int]]] = {}  # index -> (check, outputs, [seen])
         self._index: TokenIndex | None = None
-        self._vocabs: dict[tuple[str, ...], Vocabulary] = {}
 
     def is_argmax_invariant(self) -> bool:
         return False  # it bans tokens: greedy decoding changes
@@ -46,10 +45,7 @@ class UniqueTagsLogitsProcessor(LogitsProcessor):
             if spec is None:
                 self.rows.pop(index, None)
                 continue
-            prefix, tags = spec
-            if tags not in self._vocabs:
-                self._vocabs = {tags: Vocabulary(tags)}  # one vocabulary at a time is the common case
-            check = UniqueTagsRow(self.index(), prefix, self._vocabs[tags], eos_ids=params.all_stop_token_ids)
+            check = UniqueTagsRow(self.index(), *spec, eos_ids=params.all_stop_token_ids)
             self.rows[index] = (check, output_ids, [0])
         for a, b, direction in batch_update.moved:
             first, second = self.rows.pop(a, None), self.rows.pop(b, None)
