@@ -23,6 +23,7 @@ from typing import Any
 from transformers import LogitsProcessor
 
 from capmill.engines.grammars import CUT_ANYWHERE, TEXT_FORM, grammar_for
+from capmill.engines.tag_dedupe import TokenIndex, UniqueTagsRow, ban_in_mask, unique_tags_spec
 from capmill.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,15 @@ class LLGuidanceLogitsProcessor(LogitsProcessor):
     never steered (a text form that may be cut anywhere: it decodes as unconstrained where its grammar allows).
     """
 
-    def __init__(self, tok: Any, matchers: list[Any], *, max_new_tokens: int | None, reserves: list[int]):
+    def __init__(
+        self,
+        tok: Any,
+        matchers: list[Any],
+        *,
+        max_new_tokens: int | None,
+        reserves: list[int],
+        unique: list[UniqueTagsRow | None] | None = None,
+    ):
         import torch
 
         self.tok = tok  # the _LLTok bundle
@@ -62,6 +71,7 @@ class LLGuidanceLogitsProcessor(LogitsProcessor):
         self.wrapped = [False] * len(matchers)  # True where the budget made the row close early
         self.max_new_tokens = max_new_tokens
         self.reserves = reserves  # per row: tokens left at which the row starts closing its structure
+        self.unique = unique or [None] * len(matchers)  # per row: a tag list's no-repeat check (tag_dedupe.py)
         self._start: int | None = None
         words = (tok.ll.vocab_size + 31) // 32
         self._bitmask = torch.full((len(matchers), words), -1, dtype=torch.int32)
@@ -83,6 +93,7 @@ class LLGuidanceLogitsProcessor(LogitsProcessor):
         live = [i for i in self.rows if not self.done[i]]
         if live:
             _fill_masks([(self.matchers[i], i) for i in live], self._bitmask)
+            self._ban_repeats(live)
             left = None if self.max_new_tokens is None else self.max_new_tokens - (input_ids.shape[1] - self._start)
             for i in live:
                 if not bool(self._bitmask[i].any()):  # a grammar that allows nothing: end the row cleanly
@@ -98,6 +109,8 @@ class LLGuidanceLogitsProcessor(LogitsProcessor):
             if self.done[i]:
                 continue
             m, token = self.matchers[i], last[i]
+            if self.unique[i] is not None:
+                self.unique[i].push(token)
             accepting = m.is_accepting()
             if m.consume_token(token):
                 if token in self.tok.eos_set:
@@ -106,6 +119,16 @@ class LLGuidanceLogitsProcessor(LogitsProcessor):
                 self._finish(i)  # the pad of a row a stop string ended, or an EOS the grammar does not know
             else:
                 self._finish(i, f"token {token} refused by the grammar: {m.get_error()}")
+
+    def _ban_repeats(self, live: list[int]) -> None:
+        """Tag-list rows: clear the tokens that would repeat a tag, before the budget wrap-up reads the mask."""
+        rows = [i for i in live if self.unique[i] is not None]
+        if rows:
+            import numpy as np
+
+            words = self._bitmask.numpy().view(np.uint32)
+            for i in rows:
+                ban_in_mask(self.unique[i], words[i])
 
     def _finish(self, i: int, error: str | None = None) -> None:
         self.done[i] = True
@@ -175,7 +198,10 @@ def logits_processors(
     tok = _ll_tokenizer(getattr(tokenizer, "tokenizer", tokenizer), eos_token_id)
     matchers: list[Any] = []
     reserves: list[int] = []
+    unique: list[UniqueTagsRow | None] = []
     for i, constraint in enumerate(constraints):
+        spec = unique_tags_spec(constraint.get("grammar")) if isinstance(constraint, dict) else None
+        unique.append(None if spec is None else UniqueTagsRow(tok.tag_index(), *spec))
         if constraint is None:
             matchers.append(None)
             reserves.append(0)
@@ -189,7 +215,7 @@ def logits_processors(
             reserves.append(reserve)
         else:
             reserves.append(distance + (TEXT_RESERVE_MARGIN if TEXT_FORM in marker else RESERVE_MARGIN))
-    return LLGuidanceLogitsProcessor(tok, matchers, max_new_tokens=max_new_tokens, reserves=reserves)
+    return LLGuidanceLogitsProcessor(tok, matchers, max_new_tokens=max_new_tokens, reserves=reserves, unique=unique)
 
 
 def _marker(constraint: dict[str, Any]) -> str:
@@ -282,6 +308,8 @@ class _LLTok:
             return _pack([t for t, b in enumerate(texts) if b and not special[t] and pred(b)], self.ll.vocab_size)
 
         self._templates: dict[str, tuple[Any, int]] = {}
+        self._token_bytes = [None if special[t] else texts[t] for t in range(self.ll.vocab_size)]
+        self._tag_index: TokenIndex | None = None
         self.tier_eos = _pack(eos_ids, self.ll.vocab_size)
         # sentence ends, full stops first (the wrap-up takes the first one the grammar allows)
         ends = [(b.strip(), t) for t, b in enumerate(texts) if b and not special[t] and b.strip() in (b".", b"!", b"?")]
@@ -291,6 +319,13 @@ class _LLTok:
             tier(lambda b: b[:1] == b'"' and set(b[1:]) <= set(b"]}")),  # closes a JSON string (and containers)
             tier(lambda b: set(b) <= set(b"]}")),  # closes arrays and objects
         ]
+
+    def tag_index(self) -> TokenIndex:
+        """The token lookups of the tag lists' no-repeat check, built on first use."""
+        with _lock:
+            if self._tag_index is None:
+                self._tag_index = TokenIndex(self._token_bytes, self.eos_ids)
+            return self._tag_index
 
     def compiled(self, grammar: str, row: int = 0) -> tuple[Any, int]:
         """(matcher at the start of ``grammar``, tokens its shortest complete output takes), compiled once."""

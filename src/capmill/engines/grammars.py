@@ -213,6 +213,9 @@ def _short(value: Any, limit: int = 80) -> str:
 # fine place for the token budget to cut (banned and required words only) is never steered to close early.
 TEXT_FORM = "// capmill: text-form"
 CUT_ANYWHERE = "// capmill: cut-anywhere"
+# The last line of a tag-list grammar: its prefix and vocabulary as JSON, for the engines' no-repeat check while
+# decoding (capmill.engines.tag_dedupe).
+UNIQUE_TAGS = "// capmill: unique-tags "
 # What may stand beside a banned or required word: whitespace or ASCII punctuation (a small class: Unicode letter
 # classes make the intersected regexes too large for the lexer; a letter like "é" after "cat" is not an edge).
 _WORD_EDGE = r"[\s!-\/:-@\[-`{-~]"
@@ -235,7 +238,8 @@ def text_form_grammar(
     ``prefix``: the output starts with this text (a trigger word). ``banned``: words or phrases that never appear
     (whole words, any case, any spacing between a phrase's words). ``required``: words that must appear before
     the output may end. ``tags``: the body is a comma-separated list (``", "``) of tags from this list, at most
-    ``max_tags`` of them (a repeated tag is removed after decoding, see below). ``max_words``: at most that many
+    ``max_tags`` of them, none twice (refused while decoding by the engines that read the grammar's last line, see
+    below). ``max_words``: at most that many
     words, ending at a sentence end; ``sentence_end``: the output ends with a full stop, question or exclamation mark (so a token budget ends at
     a sentence boundary). ConfigError names a malformed setting.
     """
@@ -253,7 +257,8 @@ def text_form_grammar(
         most = len(set(tags)) if max_tags is None else min(max_tags, len(set(tags)))
         parts.append(f"/{alt}(, {alt}){{0,{most - 1}}}/")
         # Repeats are not refused here: "no tag twice" for K tags is an intersection of K negated regexes whose
-        # derivatives exhaust llguidance's lexer already at 8 real tags. The recipe stage removes repeats.
+        # derivatives exhaust llguidance's lexer already at 8 real tags. The engines refuse them beside the
+        # grammar (tag_dedupe.py), reading the vocabulary from the grammar's last line.
     elif max_words is not None:
         if max_words < 1:
             raise ConfigError(f"max_words must be at least 1; got {max_words}")
@@ -271,6 +276,10 @@ def text_form_grammar(
     cut_anywhere = tags is None and max_words is None and not sentence_end
     lines = [TEXT_FORM, CUT_ANYWHERE] if cut_anywhere else [TEXT_FORM]
     lines += [f"start: {head}BODY", "BODY: " + " & ".join(parts)]
+    if tags is not None:
+        lines.append(
+            UNIQUE_TAGS + json.dumps({"prefix": prefix, "tags": list(dict.fromkeys(tags))}, ensure_ascii=False)
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,8 @@ from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
 from capmill.records import Decoding, Generation, Request
 
+# Tag lists without a repeated tag (capmill.engines.tag_dedupe), by the name vLLM's engine process loads it by.
+UNIQUE_TAGS_PROCESSOR = "capmill.engines.vllm_tag_dedupe:UniqueTagsLogitsProcessor"
 # capmill families that vLLM runs; BLIP-2 with a T5 decoder is not among vLLM's models.
 VLLM_FAMILIES = frozenset({"qwen3_5", "qwen2_vl", "qwen2_5_vl", "internvl", "generic"})
 # engines whose core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): vLLM allows one per process
@@ -106,6 +108,8 @@ class VLLMEngine(Engine):
         if kv_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = kv_bytes
         kwargs.update(opts.engine_args)
+        if not kwargs.get("speculative_config"):  # vLLM refuses custom logits processors beside speculative decoding
+            kwargs["logits_processors"] = [*(kwargs.get("logits_processors") or []), UNIQUE_TAGS_PROCESSOR]
         setup.log.info("vLLM runs %s in %s (%s) on %s", model, self.dtype, self.dtype_reason, self.platform)
         try:
             with setup.pinned_to(self._pin):

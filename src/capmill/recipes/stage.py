@@ -96,7 +96,7 @@ class StageCaptioner:
                 record.caption, cut = trim_banned_tail(record.caption, self.stage.constraints.banned)
                 if cut:
                     record.notes = [*record.notes, f"removed {cut!r}: the token budget ended the output inside it"]
-            if self.stage.constraints.tags is not None:
+            if self.stage.constraints.tags is not None:  # a repeat an engine let through (docs/recipes.md)
                 record.caption, removed = dedupe_tags(record.caption, self.stage.constraints.prefix)
                 if removed:
                     record.notes = [*record.notes, f"removed repeated tags: {', '.join(removed)}"]
