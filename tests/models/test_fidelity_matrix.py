@@ -85,9 +85,11 @@ def test_batched_captions_equal_the_cards_one_image_loop(card_refs, profile, opt
         assert chunked == refs, f"{profile} {option}: batches of {CHUNKS}"
         disabled = {k: v["reason"] for k, v in cap.fast_paths().items() if v["state"] == "disabled"}
         if profile == "blip2-lora" and option == "exact":
-            # T5's attention is not made row-wise: the guard finds batched rows off by rounding and computes each
-            # row alone instead (the captions above are still the card's)
-            assert set(disabled) == {"batch_invariant"} and "rows alone" in disabled["batch_invariant"]
+            # T5's attention is not made row-wise: where batched rows come out off by rounding (most shape sets),
+            # the guard computes each row alone instead (the captions above are still the card's); where they
+            # happen to be bit-equal, the path stays on
+            assert set(disabled) <= {"batch_invariant"}
+            assert all("rows alone" in reason for reason in disabled.values())
         else:
             assert not disabled, f"a fast path stepped aside on healthy code: {disabled}"
             assert max(r.timings["batch_size"] for r in whole) >= 2, "nothing was batched: the test tests nothing"
