@@ -42,7 +42,7 @@ def test_killed_recipe_resumes_exactly_once(tmp_path, tiny_model, coco_photos):
                         "prompt": "Shorten: {stages.a}",
                         "decoding": {"max_new_tokens": 4},
                     },
-                ]
+                ],
             }
         )
     )

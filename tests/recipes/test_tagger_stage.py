@@ -82,7 +82,8 @@ def sessions(summary):
     return {name: (s["session"]["skipped_done"], s["session"]["captioned"]) for name, s in summary["stages"].items()}
 
 
-def test_tags_equal_capmill_caption_tagger(tmp_path, tiny_model, tagger_dir, photos):
+@pytest.mark.parametrize("arch", ["blip2", "qwen2_vl"])
+def test_tags_equal_capmill_caption_tagger(tmp_path, tiny_model, tagger_dir, photos, arch):
     run_dir = tmp_path / "run"
     Recipe.from_dict({"stages": [tagger_stage(tagger_dir)]}).run([str(photos)], str(run_dir), progress=False)
     records = {os.path.basename(r.id): r for r in read_records(str(run_dir))}
@@ -93,9 +94,10 @@ def test_tags_equal_capmill_caption_tagger(tmp_path, tiny_model, tagger_dir, pho
     options = tmp_path / "tagger.yaml"
     options.write_text(json.dumps({"model": str(tagger_dir), **THRESHOLDS}))
     out = tmp_path / "caption.jsonl"
-    # a card that shows its model the decoded photo as it is (BLIP-2): `--tagger` tags the image the request holds
-    blip2 = str(tiny_model("blip2"))
-    args = ["caption", str(photos), "--model", blip2, "--max-new-tokens", "2", "--tagger", str(options)]
+    # beside a card that shows its model the photo as it is (BLIP-2) or resized to its patch grid (Qwen2-VL),
+    # `--tagger` tags the photo itself, as the tagger's own code does
+    model = str(tiny_model(arch))
+    args = ["caption", str(photos), "--model", model, "--max-new-tokens", "2", "--tagger", str(options)]
     assert main([*args, "--out", str(out), "-q"]) == 0
     caption_rows = {os.path.basename(row["id"]): row for row in map(json.loads, out.open())}
     reference = WDTagger(TaggerOptions(model=str(tagger_dir), **THRESHOLDS))

@@ -21,7 +21,7 @@ from typing import Any
 
 from capmill.quality.degenerate import is_loop, is_refusal, wrong_language
 from capmill.quality.policy import Attempt, GatePolicy
-from capmill.quality.requests import apply_attempt, request_image
+from capmill.quality.requests import apply_attempt, photo_of, request_image
 from capmill.records import Generation, Request
 
 
@@ -257,7 +257,7 @@ class Gate:
         if self.scorer is not None:
             todo = [k for k, r in enumerate(requests) if request_image(r) is not None and texts[k].strip()]
             if todo:
-                found = self.scorer.score([request_image(requests[k]) for k in todo], [texts[k] for k in todo])
+                found = self.scorer.score([photo_of(requests[k]) for k in todo], [texts[k] for k in todo])
                 for k, score in zip(todo, found, strict=True):
                     scores[k] = score
                     extras[k].update(clip_score=score.clip_score, clip_truncated=score.truncated)

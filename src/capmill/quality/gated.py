@@ -34,6 +34,7 @@ class GatedCaptioner(Captioner):
         self.tagger_options = tagger
         self._gate: Gate | None = None
         self._tagger: Any = None
+        self._tagger_files: dict[str, str] | None = None
         self.budget_method: str | None = None
         self.retry_models: RetryModels | None = None
         if gate is not None and gate.budget is not None:
@@ -58,9 +59,12 @@ class GatedCaptioner(Captioner):
         return self._gate
 
     def preparer(self) -> RequestBuilder:
-        """With a model attempt in the policy, requests keep their decoded input for the retry model."""
+        """Requests keep their decoded input when something beside the captioner needs the photo as it is: a retry
+        model (its own request), the tagger and the image-text scorer (the photo, not the captioner's resized copy)."""
         builder = super().preparer()
-        return SourceKeepingBuilder.of(builder) if self.retry_models is not None else builder
+        scorer = self.policy is not None and self.policy.scorer is not None
+        keep = self.retry_models is not None or self.tagger_options is not None or scorer
+        return SourceKeepingBuilder.of(builder) if keep else builder
 
     @property
     def tagger(self) -> Any:
@@ -85,10 +89,20 @@ class GatedCaptioner(Captioner):
             {
                 "prompt": super().prompt_hash(mode),
                 "gate": self.policy.identity() if self.policy else None,
-                "tagger": self.tagger_options.model_dump(mode="json") if self.tagger_options else None,
+                "tagger": self._tagger_identity(),
                 **extra,
             }
         )
+
+    def _tagger_identity(self) -> dict[str, Any] | None:
+        """The tagger's options and its files' fingerprint: other weights at the same path are another tagger."""
+        if self.tagger_options is None:
+            return None
+        if self._tagger_files is None:  # read once: the fingerprint reads 3 MiB of the model
+            from capmill.taggers.wd import tagger_identity
+
+            self._tagger_files = tagger_identity(self.tagger_options.model)
+        return {**self.tagger_options.model_dump(mode="json"), "files": self._tagger_files}
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         if not requests:
@@ -100,12 +114,12 @@ class GatedCaptioner(Captioner):
         return generations
 
     def _tag(self, requests: list[Request], generations: list[Generation]) -> list[Generation]:
-        from capmill.quality.requests import request_image
+        from capmill.quality.requests import photo_of
 
-        todo = [k for k, r in enumerate(requests) if request_image(r) is not None]
+        todo = [k for k, r in enumerate(requests) if photo_of(r) is not None]
         if not todo:
             return generations
-        found = self.tagger.tag([request_image(requests[k]) for k in todo])
+        found = self.tagger.tag([photo_of(requests[k]) for k in todo])
         out = list(generations)
         for k, tags in zip(todo, found, strict=True):
             out[k] = dataclasses.replace(out[k], tags=tags.to_dict())

@@ -1,5 +1,5 @@
 """What a retry changes in a request: `apply_attempt` (decoding, token budget, prompt, a word-limit hint), and the
-prompt and image of a request (`prompt_of`, `with_prompt`, `request_image`)."""
+prompt and image of a request (`prompt_of`, `with_prompt`, `request_image`, `photo_of`)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def with_prompt(request: Request, prompt: str) -> Request:
             message["content"] = [*parts, {"type": "text", "text": prompt}]
         break
     return dataclasses.replace(request, messages=messages)
+
+
+def photo_of(request: Request) -> Any:
+    """The input photo as decoded, before a profile resized it for its model, when the request kept its input
+    (the tagger and the image-text scorer see what their own reference code would); else `request_image`."""
+    item = getattr(request, "source_item", None)
+    if item is not None and getattr(item, "image", None) is not None:
+        return item.image
+    return request_image(request)
 
 
 def request_image(request: Request) -> Any:

@@ -166,7 +166,9 @@ class RecipeRunner:
             from capmill.recipes.memory import choose, stage_memory
 
             estimates = [
-                stage_memory(p.stage.name, p.captioner.inner.model, p.stage.engine, p.stage.engine_options)
+                p.captioner.inner.memory(p.stage.name)  # a stage that is no language model (a tagger) says its own
+                if hasattr(p.captioner.inner, "memory")
+                else stage_memory(p.stage.name, p.captioner.inner.model, p.stage.engine, p.stage.engine_options)
                 for p in plans
             ]
             choice = choose(estimates).summary()

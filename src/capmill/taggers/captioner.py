@@ -67,6 +67,15 @@ class TaggerCaptioner:
             "tagger": self.options.model_dump(mode="json", exclude={"model", "batch_size"}),
         }
 
+    def memory(self, stage: str) -> Any:
+        """The recipe's memory estimate of this stage: the ONNX model's size, plus the margin of any stage."""
+        from capmill.recipes.memory import MARGIN_BYTES, MARGIN_FRACTION, StageMemory
+        from capmill.taggers.wd import _files
+
+        size = _files(self.options.model)[0].stat().st_size
+        estimate = size + int(size * MARGIN_FRACTION) + MARGIN_BYTES
+        return StageMemory(stage, self.model_identity["model"], "cpu", size, estimate, "the ONNX file's size")
+
     @property
     def engine(self) -> Any:
         if self._tagger is None:
