@@ -1,7 +1,8 @@
 """Constrained decoding for the transformers engine: one llguidance matcher per batch row, as a LogitsProcessor.
 
 Longer than most modules (~350 lines): the per-row matcher state, the budget steering that closes a sentence or tag
-before the token budget, and the checks after decoding act on one matcher; the grammars live in grammars.py.
+before the token budget, a tag list's no-repeat mask (tag_dedupe.py) and the checks after decoding act on one
+matcher; the grammars live in grammars.py.
 
 ``logits_processors(tokenizer, constraints)`` returns one ``transformers.LogitsProcessor`` for a whole batch;
 row ``i`` follows ``constraints[i]`` (see capmill.engines.grammars) or is left alone when it is None. Masks
