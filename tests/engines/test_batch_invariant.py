@@ -107,6 +107,6 @@ def test_vision_tower_encodes_each_photo_as_it_would_alone(arch, tiny_model, coc
 
     alone = [features(plain, [image])[0] for image in images]
     batched = features(exact, images)
+    # (without the exact mode the 12x8 and 141x40 photos' features came out 5e-7 to 7e-7 off here, depending on
+    # the BLAS threads: a premise this test does not assert, since it belongs to the machine)
     assert all(torch.equal(a, b) for a, b in zip(alone, batched, strict=True))
-    if arch == "qwen2_5_vl":  # the premise: without the exact mode the tiny photos' features differ
-        assert not all(torch.equal(a, b) for a, b in zip(alone, features(plain, images), strict=True))
