@@ -9,6 +9,7 @@ Checkpoints without a processor (InternVL's remote-code format) are rendered by 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import weakref
@@ -24,10 +25,13 @@ from capmill.engines.vllm_options import VLLMOptions
 from capmill.errors import ModelLoadError, UnsupportedError
 from capmill.models.families import get_family
 from capmill.models.resolve import read_model_config, resolve_family
+from capmill.quality.repetition import EXTRA_ARG, repetition_settings
 from capmill.records import Decoding, Generation, Request
 
 # Tag lists without a repeated tag (capmill.engines.tag_dedupe), by the name vLLM's engine process loads it by.
 UNIQUE_TAGS_PROCESSOR = "capmill.engines.vllm_tag_dedupe:UniqueTagsLogitsProcessor"
+# Repetition loops ended while decoding (capmill.engines.vllm_repetition), for requests that ask (the quality gate).
+REPETITION_PROCESSOR = "capmill.engines.vllm_repetition:RepetitionStopLogitsProcessor"
 # capmill families that vLLM runs; BLIP-2 with a T5 decoder is not among vLLM's models.
 VLLM_FAMILIES = frozenset({"qwen3_5", "qwen2_vl", "qwen2_5_vl", "internvl", "generic"})
 # engines whose core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): vLLM allows one per process
@@ -109,7 +113,8 @@ class VLLMEngine(Engine):
             kwargs["kv_cache_memory_bytes"] = kv_bytes
         kwargs.update(opts.engine_args)
         if not kwargs.get("speculative_config"):  # vLLM refuses custom logits processors beside speculative decoding
-            kwargs["logits_processors"] = [*(kwargs.get("logits_processors") or []), UNIQUE_TAGS_PROCESSOR]
+            ours = [UNIQUE_TAGS_PROCESSOR, REPETITION_PROCESSOR]
+            kwargs["logits_processors"] = [*(kwargs.get("logits_processors") or []), *ours]
         setup.log.info("vLLM runs %s in %s (%s) on %s", model, self.dtype, self.dtype_reason, self.platform)
         try:
             with setup.pinned_to(self._pin):
@@ -193,6 +198,9 @@ class VLLMEngine(Engine):
                 kwargs["repetition_penalty"] = d.repetition_penalty
         if request.constraint:
             kwargs["structured_outputs"] = self._structured(request.constraint)
+        settings = repetition_settings(request.stop_repetition)
+        if settings is not None:  # the row ends at a repetition loop (capmill.engines.vllm_repetition)
+            kwargs["extra_args"] = {EXTRA_ARG: dataclasses.asdict(settings)}
         return SamplingParams(**kwargs)
 
     def _structured(self, constraint: dict[str, Any]) -> Any:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+EXTRA_ARG = "capmill_stop_repetition"  # vLLM: the SamplingParams.extra_args key of a row's settings
+
 
 @dataclass(frozen=True)
 class RepetitionSettings:
@@ -22,6 +24,11 @@ class RepetitionSettings:
     max_ngram: int = 8
     min_repeats: int = 4
     single_token_repeats: int = 12
+
+    @property
+    def span(self) -> int:
+        """How many generated tokens at most the check looks at (the longest loop it can see)."""
+        return max(self.single_token_repeats, self.max_ngram * self.min_repeats)
 
 
 class RepetitionStop:
@@ -61,7 +68,7 @@ def looping(tokens: Any, settings: RepetitionSettings) -> bool:
 def add_repetition_stop(kwargs: dict[str, Any], batch: list[Any], prompt_length: int) -> dict[str, Any]:
     """`generate` kwargs with a RepetitionStop added for the requests that ask for one (`stop_repetition`), and
     unchanged when none does; `prompt_length` is the padded input length of the batch."""
-    rows = [_settings(getattr(r, "stop_repetition", None)) for r in batch]
+    rows = [repetition_settings(getattr(r, "stop_repetition", None)) for r in batch]
     if all(row is None for row in rows):
         return kwargs
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -74,7 +81,8 @@ def add_repetition_stop(kwargs: dict[str, Any], batch: list[Any], prompt_length:
     return {**kwargs, "stopping_criteria": criteria}
 
 
-def _settings(value: Any) -> RepetitionSettings | None:
+def repetition_settings(value: Any) -> RepetitionSettings | None:
+    """What a request's `stop_repetition` asks for: None (nothing), the defaults (True) or the given settings."""
     if value is None or value is False:
         return None
     if isinstance(value, RepetitionSettings):
