@@ -182,3 +182,39 @@ def test_two_stage_recipe_on_ray_matches_local_and_resumes(tiny_model, coco_phot
         if not row["id"].endswith("broken.jpg"):
             assert set(row["stages"]) == {"detailed", "short", "shorter"} and set(row["captions"]) == {"terse", "plain"}
             assert row["caption"] == row["stages"]["shorter"]["caption"] == row["captions"]["terse"]
+
+
+@pytest.mark.slow
+def test_a_tagger_stage_feeds_a_caption_stage_on_ray_as_locally(tiny_model, coco_photos, tmp_path, monkeypatch):
+    """A WD tagger stage (onnxruntime in the Ray actor) whose tags a captioning stage's prompt reads: the same tags
+    and captions as the local runner."""
+    from capmill.testing.tagger import build_tiny_tagger
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    tagger = build_tiny_tagger(tmp_path / "tagger")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in (coco_photos[0], coco_photos[2], coco_photos[3]):  # landscape, square, portrait
+        shutil.copy(photo, photos / photo.name)
+    spec = {
+        "side_by_side": False,
+        "stages": [
+            {"name": "tags", "tagger": {"model": str(tagger), "general_threshold": 0.05}},
+            {
+                "name": "caption",
+                "model": str(tiny_model("qwen2_vl")),
+                "prompt": "Tags: {stages.tags}. Describe this photo.",
+                "decoding": {"max_new_tokens": 6},
+            },
+        ],
+    }
+    runs = {}
+    for runner in ("local", "ray"):
+        run_dir = tmp_path / f"run-{runner}"
+        Recipe.from_dict(spec).run([str(photos)], str(run_dir), progress=False, runner=runner)
+        runs[runner] = {
+            r.id: (r.caption, r.tags["tags"], r.stages["tags"]["caption"]) for r in read_records(str(run_dir))
+        }
+        assert _stage_rows(str(run_dir), "caption")  # the caption stage ran on this runner
+    assert len(runs["ray"]) == 3 and all(tags for _, tags, _ in runs["ray"].values())
+    assert runs["ray"] == runs["local"]
