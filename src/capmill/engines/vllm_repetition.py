@@ -18,38 +18,25 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+from vllm.v1.sample.logits_processor import LogitsProcessor
 
+from capmill.engines.vllm_rows import RowStates
 from capmill.quality.repetition import EXTRA_ARG, RepetitionSettings, looping, repetition_settings
 
 
-class RepetitionStopLogitsProcessor(LogitsProcessor):
+class RepetitionStopLogitsProcessor(RowStates, LogitsProcessor):
     """Per batch row that asked: once its output ends in a loop, only its stop token may come next."""
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
-        self.rows: dict[int, tuple[RepetitionSettings, list[int], int]] = {}  # index -> (settings, outputs, stop)
+        RowStates.__init__(self)  # index -> (settings, outputs, stop token)
 
     def is_argmax_invariant(self) -> bool:
         return False  # it ends rows: greedy decoding changes
 
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        for index in batch_update.removed:
-            self.rows.pop(index, None)
-        for index, params, _prompt, output_ids in batch_update.added:
-            settings = repetition_settings((getattr(params, "extra_args", None) or {}).get(EXTRA_ARG))
-            stops = sorted(getattr(params, "all_stop_token_ids", None) or ())
-            if settings is None or not stops:
-                self.rows.pop(index, None)
-                continue
-            self.rows[index] = (settings, output_ids, stops[0])
-        for a, b, direction in batch_update.moved:
-            first, second = self.rows.pop(a, None), self.rows.pop(b, None)
-            if first is not None:
-                self.rows[b] = first
-            if direction == MoveDirectionality.SWAP and second is not None:
-                self.rows[a] = second
+    def start(self, params: Any, output_ids: list[int]) -> tuple[RepetitionSettings, list[int], int] | None:
+        settings = repetition_settings((getattr(params, "extra_args", None) or {}).get(EXTRA_ARG))
+        stops = sorted(getattr(params, "all_stop_token_ids", None) or ())
+        return None if settings is None or not stops else (settings, output_ids, stops[0])
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, (settings, outputs, stop) in self.rows.items():

@@ -15,44 +15,32 @@ import logging
 from typing import Any
 
 import torch
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+from vllm.v1.sample.logits_processor import LogitsProcessor
 
 from capmill.engines.tag_dedupe import TokenIndex, UniqueTagsRow, unique_tags_spec
+from capmill.engines.vllm_rows import RowStates
 
 log = logging.getLogger(__name__)
 
 
-class UniqueTagsLogitsProcessor(LogitsProcessor):
+class UniqueTagsLogitsProcessor(RowStates, LogitsProcessor):
     """Per batch row: the tokens that would repeat a listed tag get -inf (see tag_dedupe.UniqueTagsRow)."""
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
         self.model_config = vllm_config.model_config
         self.device = device
-        self.rows: dict[int, tuple[UniqueTagsRow, list[int], list[int]]] = {}  # index -> (check, outputs, [seen])
+        RowStates.__init__(self)  # index -> (check, outputs, [seen])
         self._index: TokenIndex | None = None
 
     def is_argmax_invariant(self) -> bool:
         return False  # it bans tokens: greedy decoding changes
 
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        for index in batch_update.removed:
-            self.rows.pop(index, None)
-        for index, params, _prompt, output_ids in batch_update.added:
-            grammar = getattr(getattr(params, "structured_outputs", None), "grammar", None)
-            spec = unique_tags_spec(grammar)
-            if spec is None:
-                self.rows.pop(index, None)
-                continue
-            check = UniqueTagsRow(self.index(), *spec, eos_ids=params.all_stop_token_ids)
-            self.rows[index] = (check, output_ids, [0])
-        for a, b, direction in batch_update.moved:
-            first, second = self.rows.pop(a, None), self.rows.pop(b, None)
-            if first is not None:
-                self.rows[b] = first
-            if direction == MoveDirectionality.SWAP and second is not None:
-                self.rows[a] = second
+    def start(self, params: Any, output_ids: list[int]) -> tuple[UniqueTagsRow, list[int], list[int]] | None:
+        grammar = getattr(getattr(params, "structured_outputs", None), "grammar", None)
+        spec = unique_tags_spec(grammar)
+        if spec is None:
+            return None
+        return UniqueTagsRow(self.index(), *spec, eos_ids=params.all_stop_token_ids), output_ids, [0]
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
