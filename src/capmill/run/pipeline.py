@@ -274,7 +274,7 @@ class Pipeline:
             start = time.perf_counter()
             self._model_idle.clear()
             try:
-                with self._in_flight.engine_call():  # a first Ctrl-C lets this batch finish and be kept
+                with self._in_flight.engine_call(len(batch)):  # a first Ctrl-C lets this call finish and be kept
                     generations = self.captioner.generate([request for _, request in batch])
             finally:
                 self._model_idle.set()

@@ -41,18 +41,21 @@ class FinishInFlight:
         self.pending: BaseException | None = None
 
     @contextmanager
-    def engine_call(self) -> Iterator[None]:
+    def engine_call(self, inputs: int | None = None) -> Iterator[None]:
+        """Within the block (one engine call, on `inputs` inputs when given), the first signal asks to stop after it."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+
+        what = f" ({inputs} input{'s' if inputs != 1 else ''})" if inputs is not None else ""
 
         def handler(signum: int, frame: object) -> None:
             if self.pending is not None:  # asked twice: now
                 raise self.pending
             self.pending = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
             print(
-                "capmill: stopping once the batch in progress is back (its captions are kept); "
-                "Ctrl-C again stops at once",
+                f"capmill: stopping once the engine call in progress is back{what} (its captions are kept); "
+                "Ctrl-C again stops at once (that call is redone on resume)",
                 file=sys.stderr,
                 flush=True,
             )
