@@ -60,3 +60,31 @@ def test_the_try_it_block_runs_as_written(tmp_path):
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics and (tmp_path / "report" / "index.html").exists()
     assert "captioned nothing" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_flag_in_the_readme_commands_exists():
+    """Each `capmill COMMAND ... --flag` line in the README's code blocks names a command and flags its parser has."""
+    import re
+
+    from capmill.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    checked = 0
+    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0]
+            for part in re.split(r"&&|\|", line):
+                words = part.split()
+                if "capmill" not in words or words.index("capmill") + 1 >= len(words):
+                    continue
+                name = words[words.index("capmill") + 1]
+                if name.startswith("-"):
+                    continue
+                assert name in commands, f"README: `capmill {name}` is no command"
+                known = set(commands[name]._option_string_actions)
+                for flag in (w.split("=", 1)[0] for w in words if w.startswith("--")):
+                    assert flag in known, f"README: `capmill {name}` has no {flag}"
+                    checked += 1
+    assert checked > 30
