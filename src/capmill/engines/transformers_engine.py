@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from capmill.engines import streaming
+from capmill.engines import stop_point, streaming
 from capmill.engines.base import Engine, EngineOptions
 from capmill.engines.batch_invariant import make_batch_invariant
 from capmill.engines.bounded import LRUDict
@@ -101,7 +101,11 @@ class TransformersEngine(Engine):
                 encoded[i] = (self.family.encode(self.processor, [request]), time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001 - becomes the item's error
                 results[i] = failed(exc)
-        for indices in self._batches(requests, encoded):
+        for n, indices in enumerate(self._batches(requests, encoded)):
+            if n and stop_point.asked():  # a stop was asked: the batch in progress is done, the rest wait
+                for i in indices:
+                    results[i] = Generation(text="", finish_reason=stop_point.NOT_RUN)
+                continue
             generations = run_isolating(
                 lambda part: self._generate_batch([requests[i] for i in part], [encoded[i] for i in part]), indices
             )

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from capmill.engines.stop_point import NOT_RUN
 from capmill.quality.degenerate import is_loop, is_refusal, wrong_language
 from capmill.quality.policy import Attempt, GatePolicy
 from capmill.quality.requests import apply_attempt, photo_of, request_image
@@ -99,7 +100,9 @@ class Gate:
         history: list[list[dict[str, Any]]] = [[] for _ in requests]
         chosen: list[Generation] = list(first)
         best: list[tuple[int, int]] = [(10**6, 0)] * len(requests)  # (problems, attempt) of the kept generation
-        pending = list(range(len(requests)))
+        # items an engine left for a later run (a stop was asked during the call): neither checked nor retried
+        not_run = {i for i, g in enumerate(first) if g.finish_reason == NOT_RUN}
+        pending = [i for i in range(len(requests)) if i not in not_run]
         current = {i: (requests[i], first[i]) for i in pending}
         labels: dict[int, str] = {}
         hinted: set[int] = set()  # items whose current attempt carries the budget's word limit in its prompt
@@ -135,14 +138,22 @@ class Gate:
                 for k, generation in zip(todo, found, strict=True):
                     ready[failing[k]] = generation
             for i, request in zip(failing, retry, strict=True):
+                if ready[i].finish_reason == NOT_RUN:  # the retry was left for a later run: so is the item
+                    not_run.add(i)
+                    continue
                 current[i] = (request, ready[i])
                 labels[i] = attempt.label() + (" + word limit" if i in hinted and attempt.prompt is None else "")
-            pending = failing
+            pending = [i for i in failing if i not in not_run]
+            if not pending:
+                break
         spent = time.perf_counter() - start - engine_time  # the gate's own time: checks and scores
         self.seconds += spent
         self.engine_seconds += engine_time
         out = []
         for i, generation in enumerate(chosen):
+            if i in not_run:
+                out.append(Generation(text="", finish_reason=NOT_RUN))
+                continue
             attempts = history[i]
             kept = attempts[best[i][1]]
             quality = {

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from capmill.data.fetch import FetchOptions
 from capmill.data.images import DecodeOptions
+from capmill.engines.stop_point import NOT_RUN
 from capmill.errors import EngineUnavailableError, InputError
 from capmill.records import Generation, Item, Record, Request
 from capmill.run.emitter import RecordEmitter, error_record, unfinished
@@ -274,13 +275,16 @@ class Pipeline:
             start = time.perf_counter()
             self._model_idle.clear()
             try:
-                with self._in_flight.engine_call(len(batch)):  # a first Ctrl-C lets this call finish and be kept
+                with self._in_flight.engine_call():  # a first Ctrl-C lets the batch in progress finish and be kept
                     generations = self.captioner.generate([request for _, request in batch])
             finally:
                 self._model_idle.set()
             self.stats.add_time("engine", time.perf_counter() - start)
             if len(generations) != len(batch):
                 raise RuntimeError(f"engine returned {len(generations)} generations for {len(batch)} requests")
+            if any(g.finish_reason == NOT_RUN for g in generations):  # a stop was asked: these wait for a later run
+                kept = [(pair, g) for pair, g in zip(batch, generations, strict=True) if g.finish_reason != NOT_RUN]
+                batch, generations = [pair for pair, _ in kept], [g for _, g in kept]
             for generation in generations:
                 self._account(generation)
             self._put(self._records, ("generated", batch, generations))

@@ -32,7 +32,8 @@ def stop_on_signals() -> Iterator[None]:
 
 class FinishInFlight:
     """While the engine works on a batch, the first Ctrl-C or SIGTERM asks to stop once that batch is back (its
-    captions are committed like every other); a second one stops at once (that batch is redone on resume).
+    captions are committed like every other; an engine that works batch by batch leaves the call's later batches
+    for the next run, capmill.engines.stop_point); a second one stops at once (that batch is redone on resume).
 
     Signals land in the main thread only: elsewhere (a run driven from a worker thread) nothing changes.
     """
@@ -41,31 +42,33 @@ class FinishInFlight:
         self.pending: BaseException | None = None
 
     @contextmanager
-    def engine_call(self, inputs: int | None = None) -> Iterator[None]:
-        """Within the block (one engine call, on `inputs` inputs when given), the first signal asks to stop after it."""
+    def engine_call(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
-        what = f" ({inputs} input{'s' if inputs != 1 else ''})" if inputs is not None else ""
+        from capmill.engines import stop_point
 
         def handler(signum: int, frame: object) -> None:
             if self.pending is not None:  # asked twice: now
                 raise self.pending
             self.pending = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            stop_point.ask()  # an engine working batch by batch stops after the batch in progress
             print(
-                f"capmill: stopping once the engine call in progress is back{what} (its captions are kept); "
-                "Ctrl-C again stops at once (that call is redone on resume)",
+                "capmill: stopping after the batch in progress (its captions are kept; the engine call's other "
+                "inputs wait for the next run); Ctrl-C again stops at once",
                 file=sys.stderr,
                 flush=True,
             )
 
+        stop_point.clear()
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+            stop_point.clear()  # it holds for this call only: later calls (the Python API) run whole
 
     def raise_if_asked(self) -> None:
         """Raise the stop asked for during the last engine call, if any."""
