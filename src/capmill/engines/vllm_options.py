@@ -200,15 +200,10 @@ def kv_cache_choice(options: VLLMOptions, platform: str, available: int | None =
 
 
 def _available_memory() -> int:
+    from capmill.host_memory import available_ram
+
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        return available_ram()
     except (ValueError, OSError):
         return 8 * GiB
 

@@ -213,19 +213,9 @@ def available_memory(device: str) -> int:
         if device == "cuda":
             return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
+    from capmill.host_memory import available_ram
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return available_ram()
 
 
 def _cuda_count() -> int:
