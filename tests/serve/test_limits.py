@@ -89,8 +89,16 @@ def test_grammars_are_size_capped_and_cached_within_a_bound(limited):  # noqa: A
 
 
 def test_grammar_check_has_a_time_limit(captioner):  # noqa: ANN001
+    # a schema whose check takes milliseconds (a one-field schema is checked in ~0.2 ms, which can beat the
+    # event loop's own turn to the time limit); 17 KB, under the size cap
+    item = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}
+    slow = {
+        "type": "object",
+        "properties": {f"field_{i}": {"type": "array", "items": item} for i in range(120)},
+        "required": [f"field_{i}" for i in range(120)],
+    }
     with serve(captioner, grammar_timeout_s=1e-6) as s:
-        fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": _schema(99)}}
+        fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": slow}}
         error = expect(httpx.post(f"{s.url}{CHAT}", json=chat_body(response_format=fmt)), 400, "grammar_timeout_s")
         assert error["code"] == "grammar_too_complex"
         assert httpx.get(f"{s.url}/healthz").status_code == 200
